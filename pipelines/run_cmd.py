@@ -1,0 +1,180 @@
+"""`cx360 run`: the pipeline. ``--once`` processes everything available and exits; without it,
+micro-batches run one after another until SIGINT/SIGTERM, which finish the current batch."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from cx360.pipelines.cli import UserError
+from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
+                                     kafka_config_from_args, registry_from_args,
+                                     topics_from_args)
+
+DEFAULT_WAREHOUSE = "duckdb:data/cx360.duckdb"
+RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "DataflowRunner",
+           "FlinkRunner", "PortableRunner")
+
+
+def add_warehouse_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warehouse", default=os.environ.get("CX360_WAREHOUSE", DEFAULT_WAREHOUSE),
+                        help=f"warehouse URL (env CX360_WAREHOUSE; default {DEFAULT_WAREHOUSE})")
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("run", help="run the pipeline (--once: one batch and exit)")
+    parser.add_argument("--once", action="store_true",
+                        help="process everything available now, then exit")
+    parser.add_argument("--from", dest="start_from", default="committed",
+                        choices=["committed", "earliest"],
+                        help="where to start each partition: after what the warehouse already "
+                             "holds (default) or at the earliest offset; offsets already in the "
+                             "warehouse are never counted twice")
+    parser.add_argument("--group-id", default="cx360",
+                        help="consumer group the offsets are committed under (for lag tools)")
+    parser.add_argument("--windows", default="1h,1d",
+                        help="window sizes, comma-separated (default 1h,1d)")
+    parser.add_argument("--max-future", default="15m",
+                        help="allowed clock skew: events stamped further ahead are dead letters")
+    parser.add_argument("--max-batch-records", type=int, default=None,
+                        help="at most this many offsets per partition and batch")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="continuous mode: seconds between batches when idle (default 5)")
+    parser.add_argument("--runner", default="FnApiRunner", choices=RUNNERS)
+    parser.add_argument("--beam-option", action="append", default=[], metavar="--KEY=VALUE",
+                        help="extra Beam pipeline option, repeatable")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_warehouse_arg(parser)
+    add_topic_args(parser)
+    add_kafka_args(parser)
+    add_registry_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def build_run_config(args: argparse.Namespace):
+    from cx360.pipelines.microbatch import RunConfig
+    from cx360.transforms.counts import parse_duration
+    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+
+    try:
+        sizes = tuple(sorted({parse_duration(w) for w in args.windows.split(",") if w.strip()}))
+        max_future_ms = parse_duration(args.max_future) * 1000
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not sizes:
+        raise UserError("--windows needs at least one window size")
+    if any(86400 % s and s % 86400 for s in sizes):
+        raise UserError("window sizes must divide a day or be whole days (e.g. 15m, 1h, 1d)")
+    if args.max_batch_records is not None and args.max_batch_records < 1:
+        raise UserError("--max-batch-records must be at least 1")
+    try:  # fail early, in one line, on a bad URL or a locked file
+        open_warehouse(args.warehouse).close()
+    except WarehouseError as exc:
+        raise UserError(str(exc)) from None
+    url = args.warehouse
+    if url.startswith("duckdb:") or url.endswith(".duckdb"):
+        from cx360.transforms.warehouse.duckdb_backend import duckdb_path
+
+        url = "duckdb://" + os.path.abspath(duckdb_path(url))
+    return RunConfig(
+        kafka=kafka_config_from_args(args), registry=registry_from_args(args),
+        topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
+        start_from=args.start_from, window_sizes=sizes, max_future_ms=max_future_ms,
+        max_batch_records=args.max_batch_records, runner=args.runner,
+        beam_args=tuple(args.beam_option))
+
+
+def summarize(results, elapsed: float, warehouse_url: str) -> dict:
+    topics = sorted({t for r in results for t in (*r.read, *r.accepted, *r.dead_letters)})
+    per_topic = {}
+    for topic in topics:
+        read = sum(r.read.get(topic, 0) for r in results)
+        accepted = sum(r.accepted.get(topic, 0) for r in results)
+        dups = sum(r.duplicates.get(topic, 0) for r in results)
+        reasons: dict[str, int] = {}
+        for r in results:
+            for reason, n in r.dead_letters.get(topic, {}).items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        dead = sum(reasons.values())
+        per_topic[topic] = {"read": read, "accepted": accepted, "duplicates": dups,
+                            "unique": accepted - dups, "dead_letters": dead,
+                            "dead_letters_by_reason": dict(sorted(reasons.items())),
+                            "reconciled": read == accepted + dead}
+    rows: dict[str, int] = {}
+    for r in results:
+        for table, n in r.rows_written.items():
+            rows[table] = rows.get(table, 0) + n
+    total = sum(v["read"] for v in per_topic.values())
+    return {"batches": [r.batch_id for r in results], "topics": per_topic,
+            "rows_written": rows, "records_read": total,
+            "reconciled": all(v["reconciled"] for v in per_topic.values()),
+            "elapsed_s": round(elapsed, 2),
+            "records_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
+            "warehouse": warehouse_url}
+
+
+def print_summary(summary: dict, out=sys.stdout) -> None:
+    if not summary["batches"]:
+        print("nothing new to read: the warehouse is up to date", file=out)
+    header = f"{'topic':<28}{'read':>9}{'accepted':>10}{'dupes':>8}{'dead':>8}  reconciled"
+    print(header, file=out)
+    for topic, v in summary["topics"].items():
+        print(f"{topic:<28}{v['read']:>9}{v['accepted']:>10}{v['duplicates']:>8}"
+              f"{v['dead_letters']:>8}  {'yes' if v['reconciled'] else 'NO'}", file=out)
+    dead = [(t, reason, n) for t, v in summary["topics"].items()
+            for reason, n in v["dead_letters_by_reason"].items()]
+    if dead:
+        print("dead letters by reason:", file=out)
+        for topic, reason, n in dead:
+            print(f"  {topic:<26}{reason:<22}{n:>7}", file=out)
+    rows = ", ".join(f"{t} {n}" for t, n in sorted(summary["rows_written"].items()))
+    print(f"rows written: {rows or 'none'}", file=out)
+    print("reconciliation (read = accepted + dead letters): "
+          + ("OK" if summary["reconciled"] else "MISMATCH"), file=out)
+    rate = summary["records_per_s"]
+    print(f"elapsed {summary['elapsed_s']:.1f} s"
+          + (f" ({rate:,.0f} records/s)" if rate and summary["records_read"] else "")
+          + f"; warehouse: {summary['warehouse']}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cx360.pipelines.microbatch import run_once
+    from cx360.schemas.registry import RegistryError
+    from cx360.transforms.kafka_io import KafkaUnavailable
+
+    config = build_run_config(args)
+    stop = threading.Event()
+    if not args.once:
+        def request_stop(signum, _frame):
+            print(f"cx360 run: {signal.Signals(signum).name} received, finishing the current "
+                  "batch", file=sys.stderr)
+            stop.set()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    while True:
+        started = time.monotonic()
+        try:
+            results = run_once(config)
+        except KafkaUnavailable as exc:
+            raise UserError(str(exc)) from None
+        except RegistryError as exc:
+            raise UserError(f"schema registry: {exc}") from None
+        summary = summarize(results, time.monotonic() - started, config.warehouse_url)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        elif results or args.once:
+            print_summary(summary)
+        if not summary["reconciled"]:
+            exit_code = 3
+        if args.once or stop.is_set():
+            return exit_code
+        if not results:
+            stop.wait(args.interval)
+        if stop.is_set():
+            return exit_code

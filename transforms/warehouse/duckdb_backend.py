@@ -1,0 +1,186 @@
+"""DuckDB, the embedded default warehouse: one file, Arrow bulk upserts.
+
+DuckDB allows one read-write process OR many read-only processes per file. The pipeline is the
+single writer; within its process every connection shares one database instance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import threading
+from typing import Iterable, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from cx360.transforms.kafka_io import PartitionRange
+from cx360.transforms.warehouse.base import Batch, Warehouse, WarehouseError
+from cx360.transforms.warehouse.spec import TableSpec
+
+DUCK_TYPES = {"STRING": "VARCHAR", "INT64": "BIGINT", "FLOAT64": "DOUBLE", "BOOL": "BOOLEAN",
+              "TIMESTAMP": "TIMESTAMP", "BYTES": "BLOB"}
+ARROW_TYPES = {"STRING": pa.string(), "INT64": pa.int64(), "FLOAT64": pa.float64(),
+               "BOOL": pa.bool_(), "TIMESTAMP": pa.timestamp("ms"), "BYTES": pa.binary()}
+
+LEDGER_DDL = [
+    """CREATE TABLE IF NOT EXISTS _cx360_batches (
+         batch_id VARCHAR PRIMARY KEY, created_ms BIGINT NOT NULL, status VARCHAR NOT NULL,
+         ranges VARCHAR NOT NULL, updated_at TIMESTAMP DEFAULT current_timestamp)""",
+]
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def arrow_table(spec: TableSpec, rows: list[dict]) -> pa.Table:
+    return pa.table({c.name: pa.array([row.get(c.name) for row in rows], ARROW_TYPES[c.type])
+                     for c in spec.columns})
+
+
+def duckdb_path(url: str) -> str:
+    """``duckdb:PATH``, ``duckdb:///ABS/PATH`` or a path ending in .duckdb."""
+    if url.startswith("duckdb:"):
+        path = url[len("duckdb:"):]
+        if path.startswith("//"):
+            path = path[2:]
+    elif url.endswith(".duckdb"):
+        path = url
+    else:
+        raise WarehouseError(f"not a DuckDB warehouse URL: {url!r}")
+    if not path or path.endswith("/"):
+        raise WarehouseError(f"DuckDB URL {url!r} names no file")
+    return path
+
+
+class DuckDBWarehouse(Warehouse):
+    def __init__(self, url: str, read_only: bool = False):
+        self.path = str(pathlib.Path(duckdb_path(url)).resolve())
+        self.url = f"duckdb://{self.path}"
+        self.read_only = read_only
+        if not read_only:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        elif not os.path.exists(self.path):
+            raise WarehouseError(f"no warehouse file at {self.path}")
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WarehouseError(f"cannot open {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+        if not read_only:
+            for ddl in LEDGER_DDL:
+                self.con.execute(ddl)
+
+    # -- tables ----------------------------------------------------------------------------
+    def ensure_tables(self, specs: Iterable[TableSpec]) -> None:
+        for spec in specs:
+            cols = ", ".join(f"{q(c.name)} {DUCK_TYPES[c.type]}"
+                             f"{'' if c.nullable else ' NOT NULL'}" for c in spec.columns)
+            key = ", ".join(q(k) for k in spec.key)
+            self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(spec.name)} ({cols}, "
+                             f"PRIMARY KEY ({key}))")
+            existing = {r[0] for r in self.con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [spec.name]).fetchall()}
+            for column in spec.columns:
+                if column.name not in existing:  # additive schema evolution
+                    self.con.execute(f"ALTER TABLE {q(spec.name)} ADD COLUMN {q(column.name)} "
+                                     f"{DUCK_TYPES[column.type]}")
+
+    def _upsert(self, spec: TableSpec, rows: list[dict]) -> int:
+        rows = spec.combine(rows)
+        if not rows:
+            return 0
+        staged = arrow_table(spec, rows)
+        view = f"_staged_{spec.name}"
+        self.con.register(view, staged)
+        try:
+            cols = ", ".join(q(c) for c in spec.column_names)
+            key = ", ".join(q(k) for k in spec.key)
+            if spec.merge == "ignore":
+                action = "DO NOTHING"
+            elif spec.merge == "add":
+                action = "DO UPDATE SET " + ", ".join(
+                    f"{q(c)} = {q(spec.name)}.{q(c)} + EXCLUDED.{q(c)}" for c in spec.additive)
+            else:
+                others = [c for c in spec.column_names if c not in spec.key]
+                action = "DO UPDATE SET " + ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in others)
+            self.con.execute(f"INSERT INTO {q(spec.name)} ({cols}) SELECT {cols} FROM {q(view)} "
+                             f"ON CONFLICT ({key}) {action}")
+        finally:
+            self.con.unregister(view)
+        return len(rows)
+
+    def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
+                    specs: dict[str, TableSpec]) -> dict[str, int] | None:
+        with self._lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                status = con.execute("SELECT status FROM _cx360_batches WHERE batch_id = ?",
+                                     [batch_id]).fetchone()
+                if status is None:
+                    raise WarehouseError(f"batch {batch_id} was never recorded")
+                if status[0] in ("applied", "committed"):
+                    con.execute("ROLLBACK")
+                    return None
+                written = {name: self._upsert(specs[name], table_rows)
+                           for name, table_rows in rows.items()}
+                con.execute("UPDATE _cx360_batches SET status = 'applied', "
+                            "updated_at = current_timestamp WHERE batch_id = ?", [batch_id])
+                con.execute("COMMIT")
+                return written
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def seen_event_ids(self, event_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
+        if not event_ids:
+            return {}
+        with self._lock:
+            ids = pa.table({"event_id": pa.array(list(event_ids), pa.string())})
+            self.con.register("_lookup_ids", ids)
+            try:
+                found = self.con.execute(
+                    'SELECT e.event_id, e.topic, e."partition", e."offset" '
+                    "FROM _cx360_event_ids e JOIN _lookup_ids l USING (event_id)").fetchall()
+            finally:
+                self.con.unregister("_lookup_ids")
+        return {r[0]: (r[1], r[2], r[3]) for r in found}
+
+    # -- ledger ----------------------------------------------------------------------------
+    def record_batch(self, batch: Batch) -> None:
+        ranges = json.dumps([list(r) for r in batch.ranges])
+        with self._lock:
+            self.con.execute(
+                "INSERT INTO _cx360_batches (batch_id, created_ms, status, ranges) "
+                "VALUES (?, ?, ?, ?)", [batch.batch_id, batch.created_ms, batch.status, ranges])
+
+    def batches(self, status: str | None = None) -> list[Batch]:
+        sql = "SELECT batch_id, created_ms, status, ranges FROM _cx360_batches"
+        params: list = []
+        if status:
+            sql += " WHERE status = ?"
+            params.append(status)
+        with self._lock:
+            try:
+                rows = self.con.execute(sql + " ORDER BY created_ms, batch_id", params).fetchall()
+            except duckdb.CatalogException:
+                return []
+        return [Batch(r[0], r[1], r[2], [PartitionRange(*x) for x in json.loads(r[3])])
+                for r in rows]
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        with self._lock:
+            self.con.execute("UPDATE _cx360_batches SET status = ?, updated_at = current_timestamp "
+                             "WHERE batch_id = ?", [status, batch_id])
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            return self.con.execute(sql, list(params)).fetchall()
+
+    def close(self) -> None:
+        con, self.con = getattr(self, "con", None), None
+        if con is not None:
+            con.close()
