@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cx360.pipelines.generate_cmd",
     "cx360.pipelines.produce_cmd",
     "cx360.pipelines.run_cmd",
+    "cx360.pipelines.summary_cmd",
     "cx360.pipelines.sentiment_cmd",
     "cx360.pipelines.eval_cmd",
 )
@@ -77,4 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the imported module, so that its UserError is the one commands raise.
+    from cx360.pipelines.cli import main as _main
+
+    sys.exit(_main())

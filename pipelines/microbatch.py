@@ -83,6 +83,10 @@ def _by_topic(counters: dict[str, int], prefix: str) -> dict[str, int]:
     return out
 
 
+class OffsetsWentBack(Exception):
+    """The topic holds fewer offsets than the warehouse has already applied."""
+
+
 def plan_ranges(config: RunConfig, warehouse) -> list[PartitionRange]:
     """New offset ranges to read: from the start position to the high watermark, minus
     everything already applied (so a replay never counts an offset twice)."""
@@ -98,6 +102,12 @@ def plan_ranges(config: RunConfig, warehouse) -> list[PartitionRange]:
         else:
             starts[tp] = max(earliest[tp], applied[tp][-1][1])
     ends = high_watermarks(config.kafka, starts)
+    for tp in tps:
+        if applied.get(tp) and ends[tp] < applied[tp][-1][1]:
+            raise OffsetsWentBack(
+                f"{tp[0]}/{tp[1]} ends at offset {ends[tp]} but the warehouse already holds "
+                f"offsets up to {applied[tp][-1][1]}: the topic was deleted and re-created (or "
+                "the in-memory local broker restarted). Use a new warehouse for the new data.")
     ranges = []
     for tp in tps:
         stop = ends[tp]

@@ -142,7 +142,7 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cx360.pipelines.microbatch import run_once
+    from cx360.pipelines.microbatch import OffsetsWentBack, run_once
     from cx360.schemas.registry import RegistryError
     from cx360.transforms.kafka_io import KafkaUnavailable
 
@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             results = run_once(config)
         except KafkaUnavailable as exc:
+            raise UserError(str(exc)) from None
+        except OffsetsWentBack as exc:
             raise UserError(str(exc)) from None
         except RegistryError as exc:
             raise UserError(f"schema registry: {exc}") from None

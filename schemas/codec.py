@@ -34,11 +34,13 @@ HEADER = struct.Struct(">bI")
 class DecodeError(Exception):
     """A record that cannot be accepted; ``reason`` is the dead-letter reason."""
 
-    def __init__(self, reason: str, detail: str, schema_id: int | None = None):
+    def __init__(self, reason: str, detail: str, schema_id: int | None = None,
+                 stage: str = "decode"):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
         self.schema_id = schema_id
+        self.stage = stage
 
 
 def strip_logical_types(schema: Any) -> Any:
@@ -84,25 +86,34 @@ class _Resolver:
 
 
 class AvroCodec:
-    """Encodes and decodes events of the cx360 subjects; picklable, caches per schema id."""
+    """Encodes and decodes events of the cx360 subjects; picklable, caches per schema id.
 
-    def __init__(self, registry: SchemaRegistry):
+    The reader schema of a subject is its newest registered version, unless ``reader_ids``
+    pins a subject to a given schema id (a consumer built against an older version).
+    """
+
+    def __init__(self, registry: SchemaRegistry, reader_ids: dict[str, int] | None = None):
         self.registry = registry
+        self.reader_ids = dict(reader_ids or {})
         self._resolvers: dict[tuple[int, str], _Resolver] = {}
         self._writers: dict[str, tuple[int, Any, dict]] = {}
         self._readers: dict[str, tuple[int, dict]] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self):
-        return {"registry": self.registry}
+        return {"registry": self.registry, "reader_ids": self.reader_ids}
 
     def __setstate__(self, state):
-        self.__init__(state["registry"])
+        self.__init__(state["registry"], state["reader_ids"])
 
     # -- reading ---------------------------------------------------------------------------
     def reader_schema(self, subject: str) -> tuple[int, dict]:
         if subject not in self._readers:
-            self._readers[subject] = self.registry.latest(subject)
+            if subject in self.reader_ids:
+                schema_id = self.reader_ids[subject]
+                self._readers[subject] = (schema_id, self.registry.schema_by_id(schema_id))
+            else:
+                self._readers[subject] = self.registry.latest(subject)
         return self._readers[subject]
 
     def _resolver(self, schema_id: int, subject: str) -> _Resolver:

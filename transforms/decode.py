@@ -21,7 +21,9 @@ from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS, validate_event
 
 DEAD_LETTER = "dead_letter"
 
-#: Every reason a record can be dead-lettered, with the stage that decides it.
+#: Every reason a record can be dead-lettered, with the stage(s) that can decide it
+#: (a JSON event without a required field fails the schema check in 'decode'; an Avro event
+#: with an empty required string fails in 'validate').
 REASONS = {
     "empty_value": "decode",
     "undecodable": "decode",
@@ -29,7 +31,7 @@ REASONS = {
     "incompatible_schema": "decode",
     "invalid_json": "decode",
     "schema_violation": "decode",
-    "missing_field": "validate",
+    "missing_field": "decode|validate",
     "invalid_value": "validate",
     "future_timestamp": "validate",
     "too_late": "window",
@@ -49,7 +51,7 @@ def dead_letter(record: KafkaRecord, reason: str, detail: str, stage: str | None
         "kafka_timestamp": record.timestamp_ms,
         "key": record.key,
         "value": record.value,
-        "stage": stage or REASONS.get(reason, "decode"),
+        "stage": stage or REASONS.get(reason, "decode").split("|")[-1],
         "reason": reason,
         "detail": detail,
         "schema_id": schema_id,
@@ -94,6 +96,7 @@ class EventDecoder:
             validate_event(role, event, now_ms, self.max_future_ms)
         except DecodeError as exc:
             exc.schema_id = schema_id
+            exc.stage = "validate"
             raise
         event["_topic"] = record.topic
         event["_partition"] = record.partition
@@ -145,7 +148,7 @@ class DecodeBatchesFn(beam.DoFn):
             except DecodeError as exc:
                 self._counter(f"dead_letters:{record.topic}:{exc.reason}").inc()
                 yield pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                    record, exc.reason, exc.detail, schema_id=exc.schema_id,
+                    record, exc.reason, exc.detail, stage=exc.stage, schema_id=exc.schema_id,
                     batch_id=self.batch_id, failed_at_ms=self.now_ms))
                 continue
             except RegistryError as exc:
@@ -182,6 +185,7 @@ def decode_all(decoder: EventDecoder, records: Iterable[KafkaRecord], now_ms: in
         try:
             events.append(decoder.decode(record, now_ms))
         except DecodeError as exc:
-            dead.append(dead_letter(record, exc.reason, exc.detail, schema_id=exc.schema_id,
+            dead.append(dead_letter(record, exc.reason, exc.detail, stage=exc.stage,
+                                    schema_id=exc.schema_id,
                                     failed_at_ms=now_ms))
     return events, dead

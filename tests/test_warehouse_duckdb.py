@@ -1,0 +1,112 @@
+"""DuckDB warehouse: merge modes, the batch ledger's all-or-nothing writes, schema evolution."""
+import dataclasses
+
+import duckdb
+import pytest
+
+from cx360.transforms.kafka_io import PartitionRange
+from cx360.transforms.warehouse import Batch, WarehouseError, open_warehouse
+from cx360.transforms.warehouse.base import merge_intervals, subtract_intervals
+from cx360.transforms.warehouse.spec import DEAD_LETTERS, EVENT_COUNTS, EVENT_IDS, C, TableSpec
+
+SPECS = {s.name: s for s in (EVENT_COUNTS, DEAD_LETTERS, EVENT_IDS)}
+
+
+def count_row(events, brand="b", start=0):
+    return {"window_start": start, "window_end": start + 3_600_000, "window_seconds": 3600,
+            "event_kind": "social", "topic": "t", "event_type": "post", "brand": brand,
+            "channel": "x", "events": events}
+
+
+@pytest.fixture()
+def wh(tmp_path):
+    warehouse = open_warehouse(f"duckdb:{tmp_path}/w.duckdb")
+    warehouse.ensure_tables(SPECS.values())
+    yield warehouse
+    warehouse.close()
+
+
+def record(wh, batch_id):
+    wh.record_batch(Batch(batch_id, 1, "pending", [PartitionRange("t", 0, 0, 10)]))
+
+
+def test_additive_merge_across_batches_and_within_one(wh):
+    record(wh, "b1")
+    assert wh.write_batch("b1", {"event_counts": [count_row(2), count_row(3), count_row(1, "c")]},
+                          SPECS) == {"event_counts": 2}
+    record(wh, "b2")
+    wh.write_batch("b2", {"event_counts": [count_row(4)]}, SPECS)
+    assert wh.query("SELECT brand, events FROM event_counts ORDER BY brand") == [("b", 9), ("c", 1)]
+
+
+def test_an_applied_batch_is_never_written_twice(wh):
+    record(wh, "b1")
+    wh.write_batch("b1", {"event_counts": [count_row(2)]}, SPECS)
+    assert wh.write_batch("b1", {"event_counts": [count_row(2)]}, SPECS) is None
+    assert wh.query("SELECT events FROM event_counts") == [(2,)]
+    assert [b.status for b in wh.batches()] == ["applied"]
+
+
+def test_a_failing_write_leaves_nothing_behind(wh):
+    record(wh, "b1")
+    bad = dict(count_row(1), window_seconds=None)  # NOT NULL column
+    with pytest.raises(duckdb.Error):
+        wh.write_batch("b1", {"event_counts": [count_row(5), bad]}, SPECS)
+    assert wh.query("SELECT count(*) FROM event_counts") == [(0,)]
+    assert wh.batches("pending")[0].batch_id == "b1"
+
+
+def test_replace_and_ignore_modes(wh):
+    dead = {"dead_letter_id": "t/0/1", "topic": "t", "partition": 0, "offset": 1,
+            "kafka_timestamp": 5, "key": b"k", "value": b"\x00\xff", "stage": "decode",
+            "reason": "undecodable", "detail": "first", "schema_id": None, "batch_id": "b1",
+            "failed_at": 10}
+    ids = [{"event_id": "e1", "topic": "t", "partition": 0, "offset": 7, "event_time": 1}]
+    record(wh, "b1")
+    wh.write_batch("b1", {"dead_letters": [dead], "_cx360_event_ids": ids}, SPECS)
+    record(wh, "b2")
+    wh.write_batch("b2", {"dead_letters": [dict(dead, detail="second")],
+                          "_cx360_event_ids": [dict(ids[0], offset=99)]}, SPECS)
+    assert wh.query("SELECT detail, value FROM dead_letters") == [("second", b"\x00\xff")]
+    assert wh.seen_event_ids(["e1", "e2"]) == {"e1": ("t", 0, 7)}
+
+
+def test_writing_an_unrecorded_batch_is_refused(wh):
+    with pytest.raises(WarehouseError):
+        wh.write_batch("nope", {}, SPECS)
+
+
+def test_new_nullable_column_is_added_to_an_existing_table(tmp_path):
+    url = f"duckdb:{tmp_path}/w.duckdb"
+    with open_warehouse(url) as wh:
+        wh.ensure_tables([EVENT_COUNTS])
+        record(wh, "b1")
+        wh.write_batch("b1", {"event_counts": [count_row(1)]}, SPECS)
+    wider = dataclasses.replace(EVENT_COUNTS, columns=EVENT_COUNTS.columns + (
+        C("reach", "INT64", "new in a later release"),))
+    with open_warehouse(url) as wh:
+        wh.ensure_tables([wider])
+        assert wh.query("SELECT events, reach FROM event_counts") == [(1, None)]
+
+
+def test_read_only_and_bad_urls(tmp_path):
+    with pytest.raises(WarehouseError):
+        open_warehouse(f"duckdb:{tmp_path}/missing.duckdb", read_only=True)
+    with pytest.raises(WarehouseError):
+        open_warehouse("mysql://x")
+    with pytest.raises(WarehouseError):
+        open_warehouse("duckdb:")
+
+
+def test_interval_arithmetic():
+    assert merge_intervals([(5, 9), (0, 3), (3, 5), (20, 22), (21, 25)]) == [(0, 9), (20, 25)]
+    assert subtract_intervals(0, 30, [(0, 9), (20, 25)]) == [(9, 20), (25, 30)]
+    assert subtract_intervals(0, 9, [(0, 9)]) == []
+    assert subtract_intervals(10, 15, []) == [(10, 15)]
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        TableSpec("x", (C("a", "INT64"),), key=("b",))
+    with pytest.raises(ValueError):
+        TableSpec("x", (C("a", "INT64"),), key=("a",), merge="add")
