@@ -22,7 +22,8 @@ import apache_beam as beam
 from cx360.pipelines.job import TABLES_WRITTEN, JobSettings, build_pipeline, local_options
 from cx360.schemas.registry import SchemaRegistry
 from cx360.transforms.kafka_io import (KafkaConfig, PartitionRange, beginning_offsets,
-                                       commit_group_offsets, high_watermarks, list_partitions)
+                                       commit_group_offsets, first_offset_at_or_after,
+                                       high_watermarks, list_partitions)
 from cx360.transforms.warehouse import TABLES, Batch, open_warehouse
 from cx360.transforms.warehouse.base import subtract_intervals
 
@@ -36,7 +37,8 @@ class RunConfig:
     topics: dict[str, str]
     warehouse_url: str
     group_id: str = "cx360"
-    start_from: str = "committed"          # committed | earliest
+    start_from: str = "committed"          # committed | earliest | epoch ms, for every topic
+    start_from_topic: dict = dataclasses.field(default_factory=dict)  # topic -> same, overrides
     window_sizes: tuple[int, ...] = (3600, 86400)
     max_future_ms: int = 15 * 60 * 1000
     max_batch_records: int | None = None   # per partition; None = everything available
@@ -95,13 +97,17 @@ def plan_ranges(config: RunConfig, warehouse) -> list[PartitionRange]:
     tps = [(t, p) for t in event_topics for p in partitions[t]]
     applied = warehouse.applied_intervals()
     earliest = beginning_offsets(config.kafka, tps)
+    ends = high_watermarks(config.kafka, earliest)
     starts = {}
     for tp in tps:
-        if config.start_from == "earliest" or not applied.get(tp):
+        start_from = config.start_from_topic.get(tp[0], config.start_from)
+        if start_from == "earliest" or (start_from == "committed" and not applied.get(tp)):
             starts[tp] = earliest[tp]
-        else:
+        elif start_from == "committed":
             starts[tp] = max(earliest[tp], applied[tp][-1][1])
-    ends = high_watermarks(config.kafka, starts)
+        else:  # a timestamp: the first record stamped at or after it
+            starts[tp] = first_offset_at_or_after(config.kafka, tp, int(start_from),
+                                                  earliest[tp], ends[tp])
     for tp in tps:
         if applied.get(tp) and ends[tp] < applied[tp][-1][1]:
             raise OffsetsWentBack(

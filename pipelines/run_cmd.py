@@ -29,11 +29,13 @@ def register(sub) -> None:
     parser = sub.add_parser("run", help="run the pipeline (--once: one batch and exit)")
     parser.add_argument("--once", action="store_true",
                         help="process everything available now, then exit")
-    parser.add_argument("--from", dest="start_from", default="committed",
-                        choices=["committed", "earliest"],
-                        help="where to start each partition: after what the warehouse already "
-                             "holds (default) or at the earliest offset; offsets already in the "
-                             "warehouse are never counted twice")
+    parser.add_argument("--from", dest="start_from", action="append", default=[],
+                        metavar="[TOPIC=]committed|earliest|ISO-TIME",
+                        help="where to start reading: after what the warehouse already holds "
+                             "(committed, the default), the earliest offset, or the first record "
+                             "whose Kafka timestamp is at or after an ISO-8601 time; per topic "
+                             "with TOPIC=..., repeatable. Offsets already in the warehouse are "
+                             "never counted twice")
     parser.add_argument("--group-id", default="cx360",
                         help="consumer group the offsets are committed under (for lag tools)")
     parser.add_argument("--windows", default="1h,1d",
@@ -55,6 +57,30 @@ def register(sub) -> None:
     parser.set_defaults(handler=run)
 
 
+def parse_start_from(values: list[str], topics: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``--from`` values -> (default for all topics, {topic: override}); times as epoch ms."""
+    from cx360.schemas.codec import parse_timestamp_ms
+
+    default, per_topic = "committed", {}
+    event_topics = {t for role, t in topics.items() if role != "dead_letter"}
+    for value in values:
+        topic, sep, what = value.rpartition("=")
+        if sep and topic not in event_topics:
+            raise UserError(f"--from {value}: {topic!r} is not one of the event topics "
+                            f"({', '.join(sorted(event_topics))})")
+        if what not in ("committed", "earliest"):
+            try:
+                what = str(parse_timestamp_ms(what))
+            except ValueError:
+                raise UserError(f"--from {value}: expected committed, earliest or an ISO-8601 "
+                                "time such as 2026-11-20T00:00:00Z") from None
+        if sep:
+            per_topic[topic] = what
+        else:
+            default = what
+    return default, per_topic
+
+
 def build_run_config(args: argparse.Namespace):
     from cx360.pipelines.microbatch import RunConfig
     from cx360.transforms.counts import parse_duration
@@ -69,6 +95,7 @@ def build_run_config(args: argparse.Namespace):
         raise UserError("--windows needs at least one window size")
     if any(86400 % s and s % 86400 for s in sizes):
         raise UserError("window sizes must divide a day or be whole days (e.g. 15m, 1h, 1d)")
+    start_from, start_from_topic = parse_start_from(args.start_from, topics_from_args(args))
     if args.max_batch_records is not None and args.max_batch_records < 1:
         raise UserError("--max-batch-records must be at least 1")
     try:  # fail early, in one line, on a bad URL or a locked file
@@ -83,7 +110,7 @@ def build_run_config(args: argparse.Namespace):
     return RunConfig(
         kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
-        start_from=args.start_from, window_sizes=sizes, max_future_ms=max_future_ms,
+        start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
         max_batch_records=args.max_batch_records, runner=args.runner,
         beam_args=tuple(args.beam_option))
 

@@ -6,12 +6,16 @@ import time
 from cx360.transforms.kafka_io import KafkaConfig, consumer, producer
 
 
-def produce(config: KafkaConfig, topic: str, records, partition: int | None = None):
+def produce(config: KafkaConfig, topic: str, records, partition: int | None = None,
+            timestamps_ms=None):
     """Send (key, value) pairs; returns [(partition, offset, key, value)] in send order."""
     kafka_producer = producer(config)
+    records = list(records)
+    stamps = list(timestamps_ms) if timestamps_ms is not None else [None] * len(records)
     try:
-        futures = [(kafka_producer.send(topic, key=key, value=value, partition=partition),
-                    key, value) for key, value in records]
+        futures = [(kafka_producer.send(topic, key=key, value=value, partition=partition,
+                                        timestamp_ms=stamp), key, value)
+                   for (key, value), stamp in zip(records, stamps)]
         kafka_producer.flush()
         out = []
         for future, key, value in futures:

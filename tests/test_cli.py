@@ -56,6 +56,8 @@ def test_topics_create_is_idempotent_and_configurable(kafka):
     (["run", "--once", "--security-protocol", "SASL_SSL"], "SASL needs a mechanism"),
     (["run", "--once", "--schema-registry", "/nonexistent"], "has no registry.json"),
     (["topics", "create", "--bootstrap-servers", "127.0.0.1:1"], "cannot reach Kafka"),
+    (["run", "--once", "--from", "yesterday-ish"], "expected committed, earliest or an ISO"),
+    (["run", "--once", "--from", "cx.nope=earliest"], "is not one of the event topics"),
 ])
 def test_wrong_input_gives_a_one_line_error(args, fragment, tmp_path):
     if "--warehouse" not in args:
@@ -64,7 +66,7 @@ def test_wrong_input_gives_a_one_line_error(args, fragment, tmp_path):
 
 
 def test_unknown_option_value_is_rejected_by_argparse(tmp_path):
-    done = cli("run", "--once", "--from", "yesterday-ish", cwd=tmp_path)
+    done = cli("run", "--once", "--runner", "SparkRunner", cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert "Traceback" not in done.stderr
 

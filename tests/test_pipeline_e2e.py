@@ -200,3 +200,30 @@ def test_registry_folder_with_a_newer_schema_version(kafka, topics, tmp_path):
     other = tmp_path / "w2.duckdb"
     summary = run_once(topics, other, "--schema-registry", str(DATA / "schemas_v2"))
     assert summary["topics"][social]["accepted"] == 2
+
+
+def test_replay_from_a_timestamp_then_backfill_the_rest(kafka, topics, tmp_path):
+    """--from TIME starts at the first record stamped at or after it; a later --from earliest
+    backfills only what is missing, so every event is counted exactly once."""
+    social = topics["social"]
+    t0 = H + 10 * HOUR  # Kafka timestamps, one second apart
+    # Separate produce calls, so the records sit in several broker batches.
+    for chunk in range(4):
+        ids = range(chunk * 5, chunk * 5 + 5)
+        produce(kafka, social, [(b"k", CODEC.encode(SOCIAL, post(f"t{i}", i))) for i in ids],
+                partition=1, timestamps_ms=[t0 + i * 1000 for i in ids])
+    warehouse = tmp_path / "w.duckdb"
+    from datetime import datetime, timezone
+    iso = datetime.fromtimestamp((t0 + 7_000) / 1000, timezone.utc).isoformat()
+    first = run_once(topics, warehouse, "--from", f"{social}={iso}")
+    assert first["topics"][social]["read"] == 13           # offsets 7..19
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert con.execute("SELECT min(event_id), count(*) FROM _cx360_event_ids").fetchall() == [
+        ("t10", 13)]  # t7..t19 (min is lexicographic)
+    con.close()
+    second = run_once(topics, warehouse, "--from", "earliest")
+    assert second["topics"][social]["read"] == 7            # only offsets 0..6
+    con = duckdb.connect(str(warehouse), read_only=True)
+    assert con.execute("SELECT sum(events) FROM event_counts WHERE window_seconds = 86400"
+                       ).fetchall() == [(20,)]
+    con.close()

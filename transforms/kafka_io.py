@@ -233,6 +233,48 @@ def beginning_offsets(config: KafkaConfig, tps: Iterable[tuple[str, int]]
         kafka_consumer.close()
 
 
+def first_offset_at_or_after(config: KafkaConfig, tp: tuple[str, int], timestamp_ms: int,
+                             low: int, high: int) -> int:
+    """The first offset in ``[low, high)`` whose record timestamp is >= ``timestamp_ms`` (``high``
+    if none), by binary search over single-record fetches.
+
+    ListOffsets-by-time (``offsets_for_times``) is not used: some brokers answer it per record
+    batch only, and with 0 instead of "none" after the last record, which would replay a whole
+    topic. Like Kafka's own time index, this assumes timestamps grow with offsets (CreateTime
+    stamped by well-behaved producers); with out-of-order stamps it finds *a* boundary.
+    """
+    from kafka import TopicPartition
+
+    partition = TopicPartition(*tp)
+    kafka_consumer = consumer(config, max_partition_fetch_bytes=64 * 1024)
+    try:
+        kafka_consumer.assign([partition])
+
+        def stamp_at(offset: int) -> tuple[int, int]:
+            """(offset, timestamp) of the first record at or after ``offset``."""
+            kafka_consumer.seek(partition, offset)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                records = kafka_consumer.poll(timeout_ms=200, max_records=1).get(partition)
+                if records:
+                    return records[0].offset, records[0].timestamp
+            raise KafkaUnavailable(f"no record at {tp[0]}/{tp[1]} offset {offset}")
+
+        lo, hi = low, high
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found, stamp = stamp_at(mid)
+            if found >= hi:  # only a gap up to the end of the search range
+                hi = mid
+            elif stamp >= timestamp_ms:
+                hi = mid
+            else:
+                lo = found + 1
+        return lo
+    finally:
+        kafka_consumer.close()
+
+
 def commit_group_offsets(config: KafkaConfig, group_id: str,
                          offsets: dict[tuple[str, int], int]) -> None:
     """Commit offsets under ``group_id`` without joining the group, so that standard Kafka
