@@ -90,12 +90,12 @@ class OffsetsWentBack(Exception):
 
 
 def plan_ranges(config: RunConfig, warehouse) -> list[PartitionRange]:
-    """New offset ranges to read: from the start position to the high watermark, minus
-    everything already applied (so a replay never counts an offset twice)."""
+    """New offset ranges to read: from the start position to the high watermark, minus every
+    offset of a recorded batch, applied or pending (so nothing is ever counted twice)."""
     event_topics = [t for role, t in config.topics.items() if role != "dead_letter"]
     partitions = list_partitions(config.kafka, event_topics)
     tps = [(t, p) for t in event_topics for p in partitions[t]]
-    applied = warehouse.applied_intervals()
+    applied = warehouse.claimed_intervals()
     earliest = beginning_offsets(config.kafka, tps)
     ends = high_watermarks(config.kafka, earliest)
     starts = {}
@@ -176,6 +176,9 @@ def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
         for batch in warehouse.batches("applied"):
             _commit(config, warehouse, batch)
         todo = warehouse.batches("pending")
+        for batch in todo:
+            LOG.warning("recovering batch %s left pending by an interrupted run: re-running "
+                        "its %d offset ranges", batch.batch_id, len(batch.ranges))
         ranges = plan_ranges(config, warehouse)
         if ranges:
             created = int(time.time() * 1000)

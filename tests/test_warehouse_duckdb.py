@@ -110,3 +110,12 @@ def test_spec_validation():
         TableSpec("x", (C("a", "INT64"),), key=("b",))
     with pytest.raises(ValueError):
         TableSpec("x", (C("a", "INT64"),), key=("a",), merge="add")
+
+
+def test_pending_batches_claim_their_offsets(wh):
+    """A batch left pending by a crash is re-run first: its offsets are not free to plan."""
+    wh.record_batch(Batch("b1", 1, "pending", [PartitionRange("t", 0, 0, 10)]))
+    wh.record_batch(Batch("b2", 2, "pending", [PartitionRange("t", 0, 10, 25),
+                                               PartitionRange("t", 1, 0, 5)]))
+    wh.write_batch("b2", {}, SPECS)
+    assert wh.claimed_intervals() == {("t", 0): [(0, 25)], ("t", 1): [(0, 5)]}

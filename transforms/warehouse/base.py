@@ -100,11 +100,13 @@ class Warehouse(ABC):
     def close(self) -> None:
         ...
 
-    def applied_intervals(self) -> dict[tuple[str, int], list[tuple[int, int]]]:
-        """Merged offset intervals already in the warehouse, per (topic, partition)."""
+    def claimed_intervals(self) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """Merged offset intervals of every recorded batch, per (topic, partition): those in
+        the warehouse and those pending (which are re-run before anything new is planned, so
+        no new batch may take their offsets)."""
         spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for batch in self.batches():
-            if batch.status in ("applied", "committed"):
+            if batch.status in ("pending", "applied", "committed"):
                 for r in batch.ranges:
                     spans.setdefault((r.topic, r.partition), []).append((r.start, r.stop))
         return {tp: merge_intervals(iv) for tp, iv in spans.items()}
