@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cx360.pipelines.generate_cmd",
     "cx360.pipelines.produce_cmd",
     "cx360.pipelines.run_cmd",
+    "cx360.pipelines.stream_cmd",
     "cx360.pipelines.summary_cmd",
     "cx360.pipelines.sentiment_cmd",
     "cx360.pipelines.eval_cmd",
@@ -75,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cx360 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,15 +20,38 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from cx360.schemas.registry import SchemaRegistry
 from cx360.transforms.counts import count_events
+from cx360.transforms.kpis import KpiComputer
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
 from cx360.transforms.decode import DEAD_LETTER, DecodeEvents
 from cx360.transforms.dedupe import EVENT_ID_ROWS, DeduplicateFn
 from cx360.transforms.kafka_io import KafkaConfig, PartitionRange
 from cx360.transforms.kafka_source import ReadFromKafkaRanges
 from cx360.transforms.warehouse.sink import WriteMicroBatch
-from cx360.transforms.warehouse.spec import DEAD_LETTERS, EVENT_COUNTS, EVENT_IDS
+from cx360.transforms.warehouse.spec import (BRANDS, DEAD_LETTERS, EVENT_COUNTS, EVENT_IDS,
+                                             KPI_TABLES)
 
-TABLES_WRITTEN = (EVENT_COUNTS.name, DEAD_LETTERS.name, EVENT_IDS.name)
+TABLES_WRITTEN = (EVENT_COUNTS.name, DEAD_LETTERS.name, EVENT_IDS.name,
+                  *(spec.name for spec in KPI_TABLES))
+
+
+class ComputeKpisFn(beam.DoFn):
+    """A list of unique events -> ``(table, rows)`` parts of every KPI table. The sentiment
+    scorer (lexicons) is loaded once per worker in setup()."""
+
+    def __init__(self, window_sizes: tuple[int, ...]):
+        self.window_sizes = window_sizes
+        self._computer = None
+
+    def setup(self):
+        from cx360.transforms.sentiment import SentimentScorer
+
+        self._computer = KpiComputer(self.window_sizes, SentimentScorer())
+
+    def process(self, events: list[dict]):
+        yield EVENT_COUNTS.name, count_events(events, self.window_sizes)
+        for table, rows in self._computer.rows(events).items():
+            if rows:
+                yield table, rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +69,7 @@ class JobSettings:
     read_batch_size: int = 2000
     max_future_ms: int = 15 * 60 * 1000
     stall_timeout_s: float = 120.0
+    brands: tuple = ()               # rows of the brands dimension
 
 
 class ProcessEvents(beam.PTransform):
@@ -64,14 +88,13 @@ class ProcessEvents(beam.PTransform):
                    | "GroupByEventId" >> beam.GroupByKey()
                    | "Deduplicate" >> beam.ParDo(DeduplicateFn(s.warehouse_url)).with_outputs(
                        EVENT_ID_ROWS, main="events"))
-        sizes = s.window_sizes
-        counts = deduped.events | "CountEventsPerWindow" >> beam.Map(
-            lambda events: (EVENT_COUNTS.name, count_events(events, sizes)))
+        kpis = deduped.events | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+        brands = batches.pipeline | "Brands" >> beam.Create([(BRANDS.name, list(s.brands))])
         event_ids = deduped[EVENT_ID_ROWS] | "EventIdRows" >> beam.Map(
             lambda rows: (EVENT_IDS.name, rows))
         dead_rows = (decoded[DEAD_LETTER]
                      | "DeadLetterRows" >> beam.Map(lambda dead: (DEAD_LETTERS.name, [dead])))
-        parts = (counts, event_ids, dead_rows) | "TableParts" >> beam.Flatten()
+        parts = (kpis, brands, event_ids, dead_rows) | "TableParts" >> beam.Flatten()
         return {"parts": parts, "dead_letters": decoded[DEAD_LETTER], "events": deduped.events}
 
 

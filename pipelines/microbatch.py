@@ -46,6 +46,7 @@ class RunConfig:
     beam_args: Sequence[str] = ()
     read_batch_size: int = 2000
     stall_timeout_s: float = 120.0
+    brands: tuple = ()
 
 
 @dataclasses.dataclass
@@ -130,7 +131,8 @@ def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
         kafka=config.kafka, registry=config.registry, topics=config.topics,
         warehouse_url=config.warehouse_url, batch_id=batch.batch_id, now_ms=batch.created_ms,
         window_sizes=config.window_sizes, max_future_ms=config.max_future_ms,
-        read_batch_size=config.read_batch_size, stall_timeout_s=config.stall_timeout_s)
+        read_batch_size=config.read_batch_size, stall_timeout_s=config.stall_timeout_s,
+        brands=tuple(config.brands))
     started = time.monotonic()
     pipeline = beam.Pipeline(options=local_options(config.runner, config.beam_args))
     build_pipeline(pipeline, settings, batch.ranges)
@@ -172,6 +174,7 @@ def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
     warehouse = open_warehouse(config.warehouse_url)
     try:
         warehouse.ensure_tables(TABLES[name] for name in TABLES_WRITTEN)
+        warehouse.ensure_views()
         # A batch applied but not committed to Kafka: only the Kafka commit is missing.
         for batch in warehouse.batches("applied"):
             _commit(config, warehouse, batch)

@@ -46,6 +46,9 @@ def register(sub) -> None:
                         help="at most this many offsets per partition and batch")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="continuous mode: seconds between batches when idle (default 5)")
+    parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),
+                        help="JSON file of brands and competitive sets for share of voice "
+                             "(default: the demo brands shipped with cx360)")
     parser.add_argument("--runner", default="FnApiRunner", choices=RUNNERS)
     parser.add_argument("--beam-option", action="append", default=[], metavar="--KEY=VALUE",
                         help="extra Beam pipeline option, repeatable")
@@ -107,8 +110,14 @@ def build_run_config(args: argparse.Namespace):
         from cx360.transforms.warehouse.duckdb_backend import duckdb_path
 
         url = "duckdb://" + os.path.abspath(duckdb_path(url))
+    from cx360.transforms.kpis import load_brands
+
+    try:
+        brands = tuple(load_brands(args.brands))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--brands {args.brands}: {exc}") from None
     return RunConfig(
-        kafka=kafka_config_from_args(args), registry=registry_from_args(args),
+        brands=brands, kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
         start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
         max_batch_records=args.max_batch_records, runner=args.runner,

@@ -105,7 +105,7 @@ def admin_client(config: KafkaConfig):
 
 
 def producer(config: KafkaConfig, **overrides):
-    """A producer tuned for throughput (batched, lz4 where available) with acks=all."""
+    """A producer tuned for throughput (linger 20 ms, 256 KiB batches) with acks=all."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 

@@ -69,6 +69,9 @@ class Warehouse(ABC):
     def ensure_tables(self, specs: Iterable[TableSpec]) -> None:
         """Create missing tables (and add missing NULLABLE columns)."""
 
+    def ensure_views(self) -> None:
+        """(Re)create the KPI views; backends without views leave this empty."""
+
     @abstractmethod
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec]) -> dict[str, int] | None:

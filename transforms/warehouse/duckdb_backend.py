@@ -88,6 +88,12 @@ class DuckDBWarehouse(Warehouse):
                     self.con.execute(f"ALTER TABLE {q(spec.name)} ADD COLUMN {q(column.name)} "
                                      f"{DUCK_TYPES[column.type]}")
 
+    def ensure_views(self) -> None:
+        """(Re)create the KPI views (they depend on the tables existing)."""
+        sql = (pathlib.Path(__file__).resolve().parent / "sql" / "duckdb_views.sql").read_text()
+        with self._lock:
+            self.con.execute(sql)
+
     def _upsert(self, spec: TableSpec, rows: list[dict]) -> int:
         rows = spec.combine(rows)
         if not rows:

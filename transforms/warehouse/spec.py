@@ -149,4 +149,182 @@ EVENT_IDS = TableSpec(
     doc="First occurrence of every accepted event id: the de-duplication ledger.",
 )
 
-TABLES = {spec.name: spec for spec in (EVENT_COUNTS, DEAD_LETTERS, EVENT_IDS)}
+def _counts(*names_docs: tuple[str, str]) -> tuple[Column, ...]:
+    return tuple(C(name, "INT64", doc, False) for name, doc in names_docs)
+
+
+SOCIAL_KPIS = TableSpec(
+    name="social_kpis",
+    columns=WINDOW_COLUMNS + (
+        C("brand", "STRING", "Brand the events are about.", False),
+        C("platform", "STRING", nullable=False),
+        C("language", "STRING", "de | en | und (no text, or emoji only).", False),
+    ) + _counts(
+        ("mentions", "Posts, comments and mentions about the brand by non-brand authors."),
+        ("ugc_posts", "Original posts (not comments) about the brand by non-brand authors."),
+        ("inbound", "Mentions aimed at the brand (@mention, message, brand page)."),
+        ("scored", "Mentions with text, scored for sentiment."),
+        ("positive", "Scored mentions labelled positive."),
+        ("neutral", "Scored mentions labelled neutral."),
+        ("negative", "Scored mentions labelled negative."),
+        ("brand_posts", "Posts by the brand's own accounts."),
+        ("brand_replies", "Replies by the brand's own accounts."),
+        ("brand_post_reach", "Sum of reach of the brand's own posts."),
+        ("likes", "Likes of the brand's content."),
+        ("shares", "Shares of the brand's content."),
+        ("comments", "Comments on the brand's content by non-brand authors."),
+    ) + (C("polarity_sum", "FLOAT64", "Sum of sentiment polarity of scored mentions.", False),),
+    key=("window_seconds", "window_start", "brand", "platform", "language"),
+    merge="add",
+    additive=("mentions", "ugc_posts", "inbound", "scored", "positive", "neutral", "negative",
+              "brand_posts", "brand_replies", "brand_post_reach", "likes", "shares", "comments",
+              "polarity_sum"),
+    partition_by="window_start",
+    cluster_by=("brand", "platform"),
+    doc="Social listening components per window, brand, platform and language.",
+)
+
+VOICE = TableSpec(
+    name="share_of_voice_counts",
+    columns=WINDOW_COLUMNS + (
+        C("brand", "STRING", "A brand named in the text (own or competitor).", False),
+        C("platform", "STRING", nullable=False),
+        C("mentions", "INT64", "Non-brand posts, comments and mentions naming the brand.", False),
+        C("reach", "INT64", "Sum of their reach (for the reach-weighted variant).", False),
+    ),
+    key=("window_seconds", "window_start", "brand", "platform"),
+    merge="add",
+    additive=("mentions", "reach"),
+    partition_by="window_start",
+    cluster_by=("brand",),
+    doc="Mentions per named brand, for share of voice.",
+)
+
+ASPECTS = TableSpec(
+    name="aspect_mentions",
+    columns=WINDOW_COLUMNS + (
+        C("source", "STRING", "social | survey.", False),
+        C("brand", "STRING", nullable=False),
+        C("aspect", "STRING", "CX aspect: delivery, price, quality, service, app, ...", False),
+        C("label", "STRING", "Sentiment label of the text.", False),
+        C("mentions", "INT64", nullable=False),
+    ),
+    key=("window_seconds", "window_start", "source", "brand", "aspect", "label"),
+    merge="add",
+    additive=("mentions",),
+    partition_by="window_start",
+    cluster_by=("brand", "aspect"),
+    doc="Texts mentioning each CX aspect, by sentiment label.",
+)
+
+SURVEY_KPIS = TableSpec(
+    name="survey_kpis",
+    columns=WINDOW_COLUMNS + (
+        C("brand", "STRING", nullable=False),
+        C("survey_type", "STRING", "NPS | CSAT | CES.", False),
+        C("touchpoint", "STRING", nullable=False),
+        C("channel", "STRING", nullable=False),
+        C("language", "STRING", "Questionnaire language, '(unknown)' if not given.", False),
+    ) + _counts(
+        ("responses", "Answers."),
+        ("score_sum", "Sum of scores."),
+        ("promoters", "NPS 9-10."),
+        ("passives", "NPS 7-8."),
+        ("detractors", "NPS 0-6."),
+        ("top2", "CSAT 4-5 (top-2 box)."),
+        ("agree", "CES 5-7 (agrees it was easy)."),
+        ("comments", "Answers with free text."),
+        ("comment_positive", "Free texts labelled positive."),
+        ("comment_negative", "Free texts labelled negative."),
+    ) + (C("comment_polarity_sum", "FLOAT64", "Sum of free-text polarity.", False),),
+    key=("window_seconds", "window_start", "brand", "survey_type", "touchpoint", "channel",
+         "language"),
+    merge="add",
+    additive=("responses", "score_sum", "promoters", "passives", "detractors", "top2", "agree",
+              "comments", "comment_positive", "comment_negative", "comment_polarity_sum"),
+    partition_by="window_start",
+    cluster_by=("brand", "survey_type"),
+    doc="Survey components per window and dimensions: NPS, CSAT, CES and free-text sentiment.",
+)
+
+INBOUND_POSTS = TableSpec(
+    name="inbound_posts",
+    columns=(
+        C("platform", "STRING", nullable=False),
+        C("post_id", "STRING", nullable=False),
+        C("event_id", "STRING", nullable=False),
+        C("brand", "STRING", nullable=False),
+        C("event_type", "STRING", "post | comment | mention.", False),
+        C("inbound_time", "TIMESTAMP", nullable=False),
+        C("language", "STRING", nullable=False),
+        C("polarity", "FLOAT64", nullable=False),
+        C("label", "STRING", nullable=False),
+        C("aspects", "STRING", "Comma-separated CX aspects."),
+    ),
+    key=("platform", "post_id"),
+    merge="ignore",
+    partition_by="inbound_time",
+    cluster_by=("brand", "platform"),
+    doc="Posts aimed at a brand by customers: the base of response time and rate.",
+)
+
+BRAND_REPLIES = TableSpec(
+    name="brand_replies",
+    columns=(
+        C("event_id", "STRING", nullable=False),
+        C("platform", "STRING", nullable=False),
+        C("parent_post_id", "STRING", "The post replied to.", False),
+        C("brand", "STRING", nullable=False),
+        C("reply_time", "TIMESTAMP", nullable=False),
+    ),
+    key=("event_id",),
+    merge="ignore",
+    partition_by="reply_time",
+    cluster_by=("brand", "platform"),
+    doc="Replies by brand accounts; the first one per post answers it.",
+)
+
+WEB_EVENTS = TableSpec(
+    name="web_events",
+    columns=(
+        C("event_id", "STRING", nullable=False),
+        C("brand", "STRING", nullable=False),
+        C("event_time", "TIMESTAMP", nullable=False),
+        C("event_type", "STRING", nullable=False),
+        C("session_id", "STRING", nullable=False),
+        C("cookie_id", "STRING", nullable=False),
+        C("account_id", "STRING"),
+        C("page_type", "STRING"),
+        C("product_id", "STRING"),
+        C("referrer", "STRING"),
+        C("utm_source", "STRING"),
+        C("utm_medium", "STRING"),
+        C("utm_campaign", "STRING"),
+        C("order_id", "STRING"),
+        C("order_value", "FLOAT64"),
+        C("currency", "STRING"),
+        C("device", "STRING"),
+    ),
+    key=("event_id",),
+    merge="ignore",
+    partition_by="event_time",
+    cluster_by=("brand", "cookie_id"),
+    doc="Web tracking events (no e-mail): sessions are derived from them in views, exactly, "
+        "whichever micro-batch each event arrived in.",
+)
+
+BRANDS = TableSpec(
+    name="brands",
+    columns=(
+        C("brand", "STRING", nullable=False),
+        C("industry", "STRING", "Competitive set for share of voice.", False),
+        C("own", "BOOL", "One of the company's own brands.", False),
+    ),
+    key=("brand",),
+    merge="replace",
+    doc="Brand dimension: which brands compete (share of voice) and which are our own.",
+)
+
+KPI_TABLES = (SOCIAL_KPIS, VOICE, ASPECTS, SURVEY_KPIS, INBOUND_POSTS, BRAND_REPLIES, WEB_EVENTS,
+              BRANDS)
+TABLES = {spec.name: spec for spec in (EVENT_COUNTS, DEAD_LETTERS, EVENT_IDS, *KPI_TABLES)}
