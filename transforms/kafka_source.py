@@ -56,8 +56,10 @@ class ReadPartitionRangesFn(beam.DoFn):
     """
 
     def __init__(self, config: KafkaConfig, batch_size: int = 2000, poll_timeout_ms: int = 200,
-                 stall_timeout_s: float = 120.0, idle_lag_s: float = 5.0, split_size: int = 0):
+                 stall_timeout_s: float = 120.0, idle_lag_s: float = 5.0, split_size: int = 0,
+                 max_clock_skew_s: float = 900.0):
         self.config = config
+        self.max_clock_skew_s = max_clock_skew_s
         self.batch_size = batch_size
         self.poll_timeout_ms = poll_timeout_ms
         self.stall_timeout_s = stall_timeout_s
@@ -142,7 +144,10 @@ class ReadPartitionRangesFn(beam.DoFn):
                 if len(batch) >= self.batch_size:
                     yield flush()
             if not bounded and batch:
-                ts = Timestamp.of(batch[-1].timestamp_ms / 1000.0)
+                # A producer clock far ahead must not drag the watermark into the future
+                # (every later event would look late): never beyond now + the allowed skew.
+                ts = min(Timestamp.of(batch[-1].timestamp_ms / 1000.0),
+                         Timestamp.now() + Duration(seconds=self.max_clock_skew_s))
                 if watermark.current_watermark() is None or ts > watermark.current_watermark():
                     watermark.set_watermark(ts)
         out = flush()

@@ -1,0 +1,335 @@
+"""The streaming sink: upserts with REPLACE semantics, so a later pane replaces an earlier one.
+
+In the production streaming mode every trigger firing emits a pane that carries the window's
+running total (ACCUMULATING). The sink writes it under the row's key (window + dimensions for
+KPI tables): the newest pane's values replace the stored ones instead of being added to them.
+A retried bundle or a re-fired pane writes the same key with the same values, so writes are
+idempotent, which is what gives the exactly-once effect on top of the runner's exactly-once
+processing (see docs/streaming.md).
+
+Replacement is guarded, so late-arriving writes of older panes (bundles are not ordered) can
+never overwrite newer ones:
+
+* KPI rows (:data:`EVENT_COUNT_PANES`): replace iff ``(generation, pane_index)`` is at least the
+  stored one. ``generation`` is the start time of the streaming job that wrote the row: a new
+  job (not an update of a running one) starts its pane indexes from 0 again.
+* web sessions (:data:`WEB_SESSIONS`): one row per session, keyed by (brand, cookie, start).
+  A late event may extend a session or merge two (Beam resets pane indexes on merges), so a
+  new row replaces every stored row of the same visitor that it overlaps, unless a stored row
+  supersedes it (same or newer generation, covering its interval with at least as many
+  events): the state after any order of writes is the newest pane of every session.
+* dead letters: plain replace by ``dead_letter_id`` (at-least-once, stable id).
+
+Backends: DuckDB is implemented here (tests, local); a backend object may instead implement
+``upsert_panes(spec, rows)`` / ``upsert_sessions(spec, rows)`` / ``upsert_replace(spec, rows)``
+itself. On Dataflow the BigQuery backend does the same with MERGE statements (see
+docs/streaming.md).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from cx360.transforms.warehouse.base import Warehouse, WarehouseError
+from cx360.transforms.warehouse.spec import C, DEAD_LETTERS, EVENT_COUNTS, TableSpec
+
+PANE_COLUMNS = (
+    C("pane_index", "INT64", "Streaming: index of the pane (trigger firing) that wrote the row."),
+    C("pane_timing", "STRING", "Streaming: EARLY | ON_TIME | LATE."),
+    C("generation", "INT64", "Streaming: start (epoch ms) of the job that wrote the row."),
+)
+
+#: event_counts as the streaming mode writes it: same name, key and columns as the micro-batch
+#: table (queries work on both) plus the pane columns; replaced, not added.
+EVENT_COUNT_PANES = TableSpec(
+    name=EVENT_COUNTS.name,
+    columns=EVENT_COUNTS.columns + PANE_COLUMNS,
+    key=EVENT_COUNTS.key,
+    merge="replace",
+    partition_by=EVENT_COUNTS.partition_by,
+    cluster_by=EVENT_COUNTS.cluster_by,
+    doc=EVENT_COUNTS.doc + " Streaming: the newest pane of each window.",
+)
+
+WEB_SESSIONS = TableSpec(
+    name="stream_web_sessions",
+    columns=(
+        C("brand", "STRING", "Brand whose shop was visited.", False),
+        C("cookie_id", "STRING", "Visitor (first-party cookie).", False),
+        C("session_start", "TIMESTAMP", "First event of the session (UTC).", False),
+        C("session_end", "TIMESTAMP", "Last event plus the session gap (UTC).", False),
+        C("last_event_at", "TIMESTAMP", "Last event of the session (UTC).", False),
+        C("events", "INT64", "Accepted, de-duplicated web events in the session.", False),
+    ) + PANE_COLUMNS,
+    key=("brand", "cookie_id", "session_start"),
+    merge="replace",
+    partition_by="session_start",
+    cluster_by=("brand",),
+    doc="Streaming mode: web sessions (30 min inactivity gap) per brand and visitor, each at "
+        "its newest pane. (The micro-batch mode derives sessions in the web_sessions view.)",
+)
+
+#: The per-brand daily session count (day of the session's start, UTC).
+SESSION_COUNTS_VIEW = "stream_web_session_counts"
+SESSION_COUNTS_SQL = (
+    f"CREATE OR REPLACE VIEW {SESSION_COUNTS_VIEW} AS "
+    "SELECT brand, CAST(session_start AS DATE) AS session_day, COUNT(*) AS sessions, "
+    "SUM(events) AS events FROM stream_web_sessions GROUP BY brand, CAST(session_start AS DATE)")
+
+PANE_TABLES = {spec.name: spec for spec in (EVENT_COUNT_PANES, WEB_SESSIONS, DEAD_LETTERS)}
+MODES = ("panes", "sessions", "replace")
+
+
+def newest_panes(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """Per key, the row of the highest (generation, pane_index)."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        stored = best.get(k)
+        if stored is None or (row["generation"], row["pane_index"]) >= (
+                stored["generation"], stored["pane_index"]):
+            best[k] = row
+    return list(best.values())
+
+
+def supersedes(a: dict, b: dict) -> bool:
+    """Session row ``a`` makes ``b`` obsolete (same visitor assumed)."""
+    if a["generation"] != b["generation"]:
+        return a["generation"] > b["generation"]
+    return (a["session_start"] <= b["session_start"] and a["session_end"] >= b["session_end"]
+            and a["events"] >= b["events"])
+
+
+def newest_sessions(rows: list[dict]) -> list[dict]:
+    """Drop rows that another row of the same batch supersedes (keep one of equal rows)."""
+    by_visitor: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_visitor.setdefault((row["brand"], row["cookie_id"]), []).append(row)
+    kept = []
+    for visitor_rows in by_visitor.values():
+        chosen: list[dict] = []
+        for row in visitor_rows:
+            if any(supersedes(other, row) for other in chosen):
+                continue
+            chosen = [other for other in chosen if not supersedes(row, other)] + [row]
+        kept.extend(chosen)
+    return kept
+
+
+# -- DuckDB ------------------------------------------------------------------------------------
+
+def _duckdb(warehouse: Warehouse):
+    from cx360.transforms.warehouse.duckdb_backend import DuckDBWarehouse
+
+    return warehouse if isinstance(warehouse, DuckDBWarehouse) else None
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _rollback(con) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except Exception:  # a failed COMMIT has already ended the transaction
+        pass
+
+
+def _in_transaction(warehouse, work, attempts: int = 5) -> int:
+    """Run ``work(con)`` in one transaction; retry write-write conflicts (two bundles that
+    upsert the same key at once)."""
+    import duckdb
+
+    for attempt in range(attempts):
+        with warehouse._lock:  # the backend's lock: one statement stream per connection
+            con = warehouse.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                written = work(con)
+                con.execute("COMMIT")
+                return written
+            except duckdb.TransactionException:
+                _rollback(con)
+                if attempt == attempts - 1:
+                    raise
+            except BaseException:
+                _rollback(con)
+                raise
+        time.sleep(0.05 * (attempt + 1))
+    return 0  # pragma: no cover
+
+
+def _staged(con, spec: TableSpec, rows: list[dict], name: str) -> str:
+    from cx360.transforms.warehouse.duckdb_backend import arrow_table
+
+    con.register(name, arrow_table(spec, rows))
+    return name
+
+
+def _duckdb_upsert(warehouse, spec: TableSpec, rows: list[dict], guarded: bool) -> int:
+    cols = ", ".join(_q(c) for c in spec.column_names)
+    key = ", ".join(_q(k) for k in spec.key)
+    others = [c for c in spec.column_names if c not in spec.key]
+    action = "DO UPDATE SET " + ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in others)
+    if guarded:
+        t = _q(spec.name)
+        action += (f" WHERE EXCLUDED.generation > COALESCE({t}.generation, -1) OR "
+                   f"(EXCLUDED.generation = {t}.generation AND "
+                   f"EXCLUDED.pane_index >= COALESCE({t}.pane_index, -1))")
+
+    def work(con):
+        view = _staged(con, spec, rows, f"_panes_{spec.name}")
+        try:
+            con.execute(f"INSERT INTO {_q(spec.name)} ({cols}) SELECT {cols} FROM {view} "
+                        f"ON CONFLICT ({key}) {action}")
+        finally:
+            con.unregister(view)
+        return len(rows)
+
+    return _in_transaction(warehouse, work)
+
+
+def _duckdb_sessions(warehouse, spec: TableSpec, rows: list[dict]) -> int:
+    cols = ", ".join(_q(c) for c in spec.column_names)
+    table = _q(spec.name)
+    overlaps = ("t.brand = s.brand AND t.cookie_id = s.cookie_id "
+                "AND t.session_start < s.session_end AND t.session_end > s.session_start")
+    stored_wins = ("(t.generation > s.generation OR (t.generation = s.generation "
+                   "AND t.session_start <= s.session_start AND t.session_end >= s.session_end "
+                   "AND t.events >= s.events))")
+
+    def work(con):
+        view = _staged(con, spec, rows, "_sessions_in")
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _sessions_new AS "
+                        f"SELECT {cols} FROM {view} s WHERE NOT EXISTS "
+                        f"(SELECT 1 FROM {table} t WHERE {overlaps} AND {stored_wins})")
+        finally:
+            con.unregister(view)
+        con.execute(f"DELETE FROM {table} t WHERE EXISTS "
+                    f"(SELECT 1 FROM _sessions_new s WHERE {overlaps})")
+        written = con.execute("SELECT COUNT(*) FROM _sessions_new").fetchone()[0]
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _sessions_new")
+        con.execute("DROP TABLE _sessions_new")
+        return written
+
+    return _in_transaction(warehouse, work)
+
+
+# -- entry points ---------------------------------------------------------------------------
+
+def prepare(warehouse: Warehouse, specs, attempts: int = 5) -> None:
+    """Create the tables (and the session count view) the streaming sink writes. Several
+    writer instances may do this at once: DuckDB reports that as a catalog conflict, which
+    is retried."""
+    specs = list(specs)
+    duck = _duckdb(warehouse)
+    for attempt in range(attempts):
+        try:
+            warehouse.ensure_tables(specs)
+            if duck is not None and any(spec.name == WEB_SESSIONS.name for spec in specs):
+                with warehouse._lock:
+                    warehouse.con.execute(SESSION_COUNTS_SQL)
+            return
+        except Exception as exc:  # duckdb.TransactionException / CatalogException
+            if duck is None or "onflict" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def upsert(warehouse: Warehouse, spec: TableSpec, rows: list[dict], mode: str) -> int:
+    """Write ``rows`` into ``spec``'s table with the given replace ``mode`` (see MODES) in
+    one transaction; returns the rows written."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    if not rows:
+        return 0
+    if mode == "panes":
+        rows = newest_panes(rows, spec.key)
+    elif mode == "sessions":
+        rows = newest_sessions(rows)
+    else:
+        rows = spec.combine(rows)  # replace: the last row per key
+    own = getattr(warehouse, f"upsert_{mode}", None)
+    if own is not None:
+        return own(spec, rows)
+    if _duckdb(warehouse) is None:
+        raise WarehouseError(f"the {type(warehouse).__name__} backend cannot take streaming "
+                             "upserts (implement upsert_panes/upsert_sessions/upsert_replace)")
+    if mode == "sessions":
+        return _duckdb_sessions(warehouse, spec, rows)
+    return _duckdb_upsert(warehouse, spec, rows, guarded=(mode == "panes"))
+
+
+#: One open warehouse per URL and process, shared by every writer instance in it: runners
+#: that set a DoFn up per bundle (the DirectRunner) would otherwise reconnect each time, and
+#: DuckDB takes one writer per file anyway (the backend's lock serializes the transactions).
+_SHARED: dict[str, Warehouse] = {}
+_PREPARED: set[tuple[str, str]] = set()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_warehouse(url: str, table: str) -> Warehouse:
+    """The process's open warehouse for ``url``, with ``table`` prepared."""
+    from cx360.transforms.warehouse import open_warehouse
+
+    with _SHARED_LOCK:
+        warehouse = _SHARED.get(url)
+        if warehouse is None or getattr(warehouse, "con", True) is None:  # closed meanwhile
+            warehouse = _SHARED[url] = open_warehouse(url)
+            _PREPARED.difference_update({k for k in _PREPARED if k[0] == url})
+        if (url, table) not in _PREPARED:
+            prepare(warehouse, [PANE_TABLES[table]])
+            _PREPARED.add((url, table))
+        return warehouse
+
+
+class UpsertPanesFn(beam.DoFn):
+    """Rows in; at the end of each bundle, one replace-upsert transaction of the bundle's
+    rows. The warehouse client is opened in ``setup`` (never pickled) and shared by the
+    writers of one process (see :func:`shared_warehouse`)."""
+
+    def __init__(self, warehouse_url: str, table: str, mode: str):
+        if table not in PANE_TABLES:
+            raise ValueError(f"no streaming table {table!r}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.warehouse_url = warehouse_url
+        self.table = table
+        self.mode = mode
+        self._warehouse = None
+        self._rows: list[dict] = []
+
+    def setup(self):
+        self._warehouse = shared_warehouse(self.warehouse_url, self.table)
+
+    def start_bundle(self):
+        self._rows = []
+
+    def process(self, row: dict) -> Iterator[None]:
+        self._rows.append(row)
+        return iter(())
+
+    def finish_bundle(self):
+        if self._rows:
+            written = upsert(self._warehouse, PANE_TABLES[self.table], self._rows, self.mode)
+            Metrics.counter("cx360.write", f"rows_written:{self.table}").inc(written)
+            self._rows = []
+
+    def teardown(self):
+        self._warehouse = None  # shared: stays open for the other writers of the process
+
+
+class UpsertPanes(beam.PTransform):
+    """PCollection of rows -> replace-upserts into ``table`` (mode panes|sessions|replace)."""
+
+    def __init__(self, warehouse_url: str, table: str, mode: str):
+        super().__init__()
+        self.fn = UpsertPanesFn(warehouse_url, table, mode)
+
+    def expand(self, rows):
+        return rows | "Upsert" >> beam.ParDo(self.fn)
