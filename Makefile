@@ -24,6 +24,9 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
+	# PostgreSQL (apt) and the BigQuery emulator (a Python 3.13 venv) for the warehouse
+	# contract suite; idempotent, skipped when already installed.
+	$(BIN)/python tests/services.py install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

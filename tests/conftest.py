@@ -11,6 +11,8 @@ import pytest
 from cx360.pipelines.broker import LocalBroker, free_port
 from cx360.transforms.kafka_io import KafkaConfig
 
+pytest_plugins = ["conftest_services"]
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 _topic_counter = itertools.count()
