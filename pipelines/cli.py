@@ -25,6 +25,9 @@ COMMAND_MODULES = (
     "cx360.pipelines.summary_cmd",
     "cx360.pipelines.sentiment_cmd",
     "cx360.pipelines.eval_cmd",
+    "cx360.pipelines.forget_cmd",
+    "cx360.pipelines.health_cmd",
+    "cx360.pipelines.replay_cmd",
 )
 
 

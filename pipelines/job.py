@@ -24,14 +24,18 @@ from cx360.transforms.kpis import KpiComputer
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
 from cx360.transforms.decode import DEAD_LETTER, DecodeEvents
 from cx360.transforms.dedupe import EVENT_ID_ROWS, DeduplicateFn
+from cx360.transforms.identity import redact_dead_letter
 from cx360.transforms.kafka_io import KafkaConfig, PartitionRange
 from cx360.transforms.kafka_source import ReadFromKafkaRanges
 from cx360.transforms.warehouse.sink import WriteMicroBatch
+from cx360.transforms.identity_steps import (DropErasedFn, StitchIdentities,
+                                             touchpoint_rows)
 from cx360.transforms.warehouse.spec import (BRANDS, DEAD_LETTERS, EVENT_COUNTS, EVENT_IDS,
-                                             KPI_TABLES)
+                                             IDENTITY_TABLES, KPI_TABLES)
 
 TABLES_WRITTEN = (EVENT_COUNTS.name, DEAD_LETTERS.name, EVENT_IDS.name,
-                  *(spec.name for spec in KPI_TABLES))
+                  *(spec.name for spec in KPI_TABLES),
+                  *(spec.name for spec in IDENTITY_TABLES))
 
 
 class ComputeKpisFn(beam.DoFn):
@@ -52,6 +56,9 @@ class ComputeKpisFn(beam.DoFn):
         for table, rows in self._computer.rows(events).items():
             if rows:
                 yield table, rows
+        touchpoints = touchpoint_rows(events, self._computer.scorer)
+        if touchpoints:
+            yield "customer_touchpoints", touchpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +95,20 @@ class ProcessEvents(beam.PTransform):
                    | "GroupByEventId" >> beam.GroupByKey()
                    | "Deduplicate" >> beam.ParDo(DeduplicateFn(s.warehouse_url)).with_outputs(
                        EVENT_ID_ROWS, main="events"))
-        kpis = deduped.events | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+        # Events of erased customers (`cx360 forget`) go no further than the ledger.
+        kept = deduped.events | "DropErased" >> beam.ParDo(DropErasedFn(s.warehouse_url))
+        kpis = kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+        identity = kept | "StitchIdentities" >> StitchIdentities(
+            s.warehouse_url, s.batch_id, s.now_ms)
         brands = batches.pipeline | "Brands" >> beam.Create([(BRANDS.name, list(s.brands))])
         event_ids = deduped[EVENT_ID_ROWS] | "EventIdRows" >> beam.Map(
             lambda rows: (EVENT_IDS.name, rows))
+        # The warehouse copy withholds bytes that look like an e-mail or phone number; the
+        # dead-letter topic keeps the original for replay.
         dead_rows = (decoded[DEAD_LETTER]
-                     | "DeadLetterRows" >> beam.Map(lambda dead: (DEAD_LETTERS.name, [dead])))
-        parts = (kpis, brands, event_ids, dead_rows) | "TableParts" >> beam.Flatten()
+                     | "DeadLetterRows" >> beam.Map(
+                         lambda dead: (DEAD_LETTERS.name, [redact_dead_letter(dead)])))
+        parts = (kpis, brands, event_ids, dead_rows, identity) | "TableParts" >> beam.Flatten()
         return {"parts": parts, "dead_letters": decoded[DEAD_LETTER], "events": deduped.events}
 
 

@@ -60,6 +60,8 @@ class BatchResult:
     rows_written: dict[str, int]
     already_applied: bool
     seconds: float
+    event_time_max: dict[str, int] = dataclasses.field(default_factory=dict)  # topic -> ms
+    health: list[dict] = dataclasses.field(default_factory=list)  # pipeline_health rows
 
     @property
     def records(self) -> int:
@@ -76,6 +78,26 @@ def _counters(result) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[name] += value or 0
     return totals
+
+
+def _distribution_max(result, prefix: str) -> dict[str, int]:
+    """Max of the Beam distributions ``namespace/name`` starting with ``prefix``, by suffix."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for dist in result.metrics().query(MetricsFilter())["distributions"]:
+        name = f"{dist.key.metric.namespace}/{dist.key.metric.name}"
+        value = dist.committed if dist.committed is not None else dist.attempted
+        if name.startswith(prefix) and value is not None and value.count:
+            key = name[len(prefix):]
+            out[key] = max(out.get(key, value.max), value.max)
+    return out
+
+
+def is_replay_batch(batch: Batch) -> bool:
+    """Batches of `cx360 replay-dead-letters` (ranges on the dead-letter topic): only the
+    replay command runs and recovers them."""
+    return batch.batch_id.startswith("replay-")
 
 
 def _by_topic(counters: dict[str, int], prefix: str) -> dict[str, int]:
@@ -151,7 +173,8 @@ def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
         dead_letters=dict(dead),
         rows_written=_by_topic(counters, "cx360.write/rows_written:"),
         already_applied=counters.get("cx360.write/batches_already_applied", 0) > 0,
-        seconds=time.monotonic() - started)
+        seconds=time.monotonic() - started,
+        event_time_max=_distribution_max(result, "cx360.dedupe/event_time_ms:"))
 
 
 def _commit(config: RunConfig, warehouse, batch: Batch) -> None:
@@ -168,8 +191,9 @@ def new_batch_id(created_ms: int) -> str:
     return f"b{created_ms}-{uuid.uuid4().hex[:8]}"
 
 
-def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
-    """Recover unfinished batches, then process everything available now as one batch."""
+def run_once(config: RunConfig, on_batch=None, on_batch_done=None) -> list[BatchResult]:
+    """Recover unfinished batches, then process everything available now as one batch.
+    ``on_batch(batch)`` and ``on_batch_done(batch)`` are called around each Beam job."""
     results = []
     warehouse = open_warehouse(config.warehouse_url)
     try:
@@ -177,8 +201,9 @@ def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
         warehouse.ensure_views()
         # A batch applied but not committed to Kafka: only the Kafka commit is missing.
         for batch in warehouse.batches("applied"):
-            _commit(config, warehouse, batch)
-        todo = warehouse.batches("pending")
+            if not is_replay_batch(batch):
+                _commit(config, warehouse, batch)
+        todo = [b for b in warehouse.batches("pending") if not is_replay_batch(b)]
         for batch in todo:
             LOG.warning("recovering batch %s left pending by an interrupted run: re-running "
                         "its %d offset ranges", batch.batch_id, len(batch.ranges))
@@ -193,7 +218,11 @@ def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
     for batch in todo:
         if on_batch:
             on_batch(batch)
-        result = run_batch(config, batch)
+        try:
+            result = run_batch(config, batch)
+        finally:
+            if on_batch_done:
+                on_batch_done(batch)
         results.append(result)
         warehouse = open_warehouse(config.warehouse_url)
         try:
@@ -201,6 +230,18 @@ def run_once(config: RunConfig, on_batch=None) -> list[BatchResult]:
             if status == "pending":
                 raise RuntimeError(f"batch {batch.batch_id} finished but was not applied")
             _commit(config, warehouse, batch)
+            # Observability only, after the batch is applied and committed: a failure here
+            # (or a crash before it) loses one health row, never data.
+            from cx360.pipelines.health import record_health
+
+            result.health = record_health(config, warehouse, batch, result)
         finally:
             warehouse.close()
+        LOG.info("batch %s applied", batch.batch_id, extra={"cx360": {
+            "event": "batch_applied", "batch_id": batch.batch_id, "records": result.records,
+            "read": result.read, "accepted": result.accepted,
+            "duplicates": result.duplicates, "dead_letters": result.dead_letters,
+            "rows_written": result.rows_written, "seconds": round(result.seconds, 3),
+            "event_time_max_ms": result.event_time_max,
+            "lag": sum(r["lag"] or 0 for r in result.health)}})
     return results

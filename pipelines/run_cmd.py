@@ -53,6 +53,11 @@ def register(sub) -> None:
     parser.add_argument("--beam-option", action="append", default=[], metavar="--KEY=VALUE",
                         help="extra Beam pipeline option, repeatable")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="continuous mode: serve Prometheus metrics on this port "
+                             "(0: any free port, printed on stderr)")
+    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                        help="progress lines on stderr (auto: only when stderr is a terminal)")
     add_warehouse_arg(parser)
     add_topic_args(parser)
     add_kafka_args(parser)
@@ -177,12 +182,69 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
           + f"; warehouse: {summary['warehouse']}", file=out)
 
 
+class Progress:
+    """One self-overwriting stderr line per batch while its Beam job runs (terminals only)."""
+
+    def __init__(self, out=sys.stderr):
+        self.out = out
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self, batch) -> None:
+        self.finish()
+        records = sum(r.stop - r.start for r in batch.ranges)
+        partitions = len({(r.topic, r.partition) for r in batch.ranges})
+        started = time.monotonic()
+        self._stop.clear()
+
+        def tick():
+            spinner = "|/-\\"
+            i = 0
+            while not self._stop.wait(0.25):
+                print(f"\r{spinner[i % 4]} batch {batch.batch_id}: {records:,} records from "
+                      f"{partitions} partition(s), {time.monotonic() - started:5.1f} s",
+                      end="", file=self.out, flush=True)
+                i += 1
+            print(f"\r  batch {batch.batch_id}: {records:,} records in "
+                  f"{time.monotonic() - started:.1f} s" + " " * 10, file=self.out, flush=True)
+
+        self._thread = threading.Thread(target=tick, daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from cx360.pipelines.microbatch import OffsetsWentBack, run_once
     from cx360.schemas.registry import RegistryError
     from cx360.transforms.kafka_io import KafkaUnavailable
 
     config = build_run_config(args)
+    log = logging.getLogger("cx360.run")
+    metrics = None
+    if args.metrics_port is not None:
+        if args.once:
+            raise UserError("--metrics-port is for continuous mode (without --once)")
+        from cx360.pipelines.metrics import PipelineMetrics
+
+        try:
+            metrics = PipelineMetrics(args.metrics_port)
+        except OSError as exc:
+            raise UserError(f"--metrics-port {args.metrics_port}: {exc}") from None
+        print(f"cx360 run: Prometheus metrics on http://0.0.0.0:{metrics.port}/metrics",
+              file=sys.stderr, flush=True)
+    show_progress = args.once and (args.progress == "always" or (
+        args.progress == "auto" and sys.stderr.isatty()))
+    progress = Progress() if show_progress else None
+    log.info("pipeline starting", extra={"cx360": {
+        "event": "run_started", "once": args.once, "warehouse": config.warehouse_url,
+        "topics": config.topics, "group_id": config.group_id}})
     stop = threading.Event()
     if not args.once:
         def request_stop(signum, _frame):
@@ -196,14 +258,31 @@ def run(args: argparse.Namespace) -> int:
     while True:
         started = time.monotonic()
         try:
-            results = run_once(config)
+            results = run_once(config, on_batch=progress.start if progress else None,
+                               on_batch_done=(lambda _batch: progress.finish()) if progress
+                               else None)
         except KafkaUnavailable as exc:
             raise UserError(str(exc)) from None
         except OffsetsWentBack as exc:
             raise UserError(str(exc)) from None
         except RegistryError as exc:
             raise UserError(f"schema registry: {exc}") from None
+        finally:
+            if progress:
+                progress.finish()
         summary = summarize(results, time.monotonic() - started, config.warehouse_url)
+        if metrics:
+            metrics.observe(results, time.time())
+        if results:
+            log.info("batches done", extra={"cx360": {
+                "event": "run_summary", "batches": summary["batches"],
+                "records_read": summary["records_read"],
+                "reconciled": summary["reconciled"], "elapsed_s": summary["elapsed_s"],
+                "records_per_s": summary["records_per_s"], "topics": summary["topics"]}})
+        if not summary["reconciled"]:
+            log.error("reconciliation failed: read != accepted + dead letters",
+                      extra={"cx360": {"event": "reconciliation_failed",
+                                       "topics": summary["topics"]}})
         if args.json:
             print(json.dumps(summary), flush=True)
         elif results or args.once:

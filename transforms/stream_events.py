@@ -82,7 +82,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 from cx360.schemas.codec import DecodeError
 from cx360.schemas.registry import RegistryError, SchemaRegistry
 from cx360.transforms.decode import DEAD_LETTER, EventDecoder, dead_letter
-from cx360.transforms.kafka_io import KafkaRecord
+from cx360.transforms.kafka_io import KafkaRecord, unpack_records
 from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS
 from cx360.transforms.windowed import WindowPlan, event_timestamp
 
@@ -140,11 +140,11 @@ class DecodeStreamFn(beam.DoFn):
     def setup(self):
         self._decoder = EventDecoder(self.registry, self.topics, self.max_future_ms)
 
-    def process(self, batch: list[KafkaRecord]) -> Iterator:
+    def process(self, batch: bytes | list[KafkaRecord]) -> Iterator:
         now_ms = self.clock.now_ms()
         decoder = self._decoder
         by_partition: dict[str, list] = {}
-        for record in batch:
+        for record in unpack_records(batch):
             try:
                 event = decoder.decode(record, now_ms)
             except DecodeError as exc:

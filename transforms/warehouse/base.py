@@ -103,6 +103,23 @@ class Warehouse(ABC):
     def close(self) -> None:
         ...
 
+    def select_where_in(self, table: str, column: str, values: Sequence[str],
+                        columns: Sequence[str], where: str = "TRUE") -> list[tuple]:
+        """``columns`` of the rows of ``table`` whose ``column`` is one of ``values`` (and that
+        match the SQL condition ``where``). Backends override this with a bulk join; this
+        fallback sends IN lists of 500 parameters."""
+        out: list[tuple] = []
+        cols = ", ".join(columns)
+        values = sorted(set(values))
+        for i in range(0, len(values), 500):
+            chunk = values[i:i + 500]
+            marks = ", ".join("%s" if self.paramstyle == "format" else "?" for _ in chunk)
+            out += self.query(f"SELECT {cols} FROM {table} WHERE ({where}) AND {column} IN "
+                              f"({marks})", chunk)
+        return out
+
+    paramstyle = "qmark"
+
     def claimed_intervals(self) -> dict[tuple[str, int], list[tuple[int, int]]]:
         """Merged offset intervals of every recorded batch, per (topic, partition): those in
         the warehouse and those pending (which are re-run before anything new is planned, so

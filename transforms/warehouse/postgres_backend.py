@@ -89,6 +89,7 @@ def redact(url: str) -> str:
 
 
 class PostgresWarehouse(Warehouse):
+    paramstyle = "format"
     def __init__(self, url: str, read_only: bool = False):
         conninfo, self.url, self.schema = parse_postgres_url(url)
         self.read_only = read_only

@@ -13,6 +13,7 @@ Merge modes:
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 LOGICAL_TYPES = ("STRING", "INT64", "FLOAT64", "BOOL", "TIMESTAMP", "BYTES")
 
@@ -67,10 +68,10 @@ class TableSpec:
         key twice in one statement is undefined (DuckDB silently keeps the first)."""
         if not rows:
             return []
-        key = self.key
-        merged: dict[tuple, dict] = {}
+        key_of = operator.itemgetter(*self.key)
+        merged: dict = {}
         for row in rows:
-            k = tuple(row[c] for c in key)
+            k = key_of(row)
             stored = merged.get(k)
             if stored is None:
                 merged[k] = dict(row)
@@ -126,6 +127,13 @@ DEAD_LETTERS = TableSpec(
         C("schema_id", "INT64", "Writer schema id, if the header was read."),
         C("batch_id", "STRING", "Micro-batch that read it."),
         C("failed_at", "TIMESTAMP", "When it was rejected.", False),
+        C("resolution", "STRING", "NULL while dead; 'replayed' once a replay accepted it."),
+        C("replayed_at", "TIMESTAMP", "When `cx360 replay-dead-letters` accepted it."),
+        C("replay_batch_id", "STRING", "Replay batch that accepted it."),
+        C("key_sha256", "STRING", "SHA-256 of the key when the key was withheld (it matched "
+          "an e-mail/phone pattern); the dead-letter topic keeps the original bytes."),
+        C("value_sha256", "STRING", "SHA-256 of the value when the value was withheld."),
+        C("value_redacted", "STRING", "The withheld value with e-mails/phones masked."),
     ),
     key=("dead_letter_id",),
     merge="replace",
@@ -327,4 +335,116 @@ BRANDS = TableSpec(
 
 KPI_TABLES = (SOCIAL_KPIS, VOICE, ASPECTS, SURVEY_KPIS, INBOUND_POSTS, BRAND_REPLIES, WEB_EVENTS,
               BRANDS)
-TABLES = {spec.name: spec for spec in (EVENT_COUNTS, DEAD_LETTERS, EVENT_IDS, *KPI_TABLES)}
+PIPELINE_HEALTH = TableSpec(
+    name="pipeline_health",
+    columns=(
+        C("batch_id", "STRING", "Micro-batch (or replay batch) the row describes.", False),
+        C("topic", "STRING", nullable=False),
+        C("partition", "INT64", nullable=False),
+        C("recorded_at", "TIMESTAMP", "When the row was measured (after the batch).", False),
+        C("records_in", "INT64", "Offsets the batch read from this partition.", False),
+        C("accepted", "INT64", "Records accepted (records_in - dead_letters).", False),
+        C("dead_letters", "INT64", "Records dead-lettered.", False),
+        C("dead_letters_by_reason", "STRING", "JSON object reason -> count."),
+        C("position", "INT64", "End of the offsets the warehouse holds."),
+        C("high_watermark", "INT64", "Fetch high watermark measured after the batch."),
+        C("lag", "INT64", "high_watermark - position."),
+        C("max_event_time", "TIMESTAMP", "Newest event_time in the warehouse (watermark proxy)."),
+        C("freshness_s", "FLOAT64", "recorded_at - max_event_time, in seconds."),
+        C("batch_seconds", "FLOAT64", "Duration of the batch's Beam job."),
+        C("records_per_s", "FLOAT64", "Records of the whole batch per second."),
+    ),
+    key=("batch_id", "topic", "partition"),
+    merge="replace",
+    partition_by="recorded_at",
+    cluster_by=("topic",),
+    doc="Health per batch and topic-partition: volume, dead letters, lag, freshness, rate.",
+)
+
+IDENTITY_LINKS = TableSpec(
+    name="identity_links",
+    columns=(
+        C("id_a", "STRING", "Typed identifier (acct:, ck:, em:<hmac>, ph:<hmac>, sh:).", False),
+        C("id_b", "STRING", "The other identifier (id_a < id_b).", False),
+        C("first_seen", "TIMESTAMP", "Event time of the first event carrying both.", False),
+        C("event_id", "STRING", "That event.", False),
+        C("batch_id", "STRING", "Micro-batch that recorded the link."),
+    ),
+    key=("id_a", "id_b"),
+    merge="ignore",
+    cluster_by=("id_a",),
+    doc="Edges of the identity graph: two identifiers seen on one event.",
+)
+
+IDENTITY_MAP = TableSpec(
+    name="identity_map",
+    columns=(
+        C("identifier", "STRING", nullable=False),
+        C("id_type", "STRING", "acct | ck | em | ph | sh.", False),
+        C("customer_key", "STRING", "Stable key of the identifier's component.", False),
+        C("shared", "BOOL", "Linked to several accounts (a shared device): links nothing."),
+        C("batch_id", "STRING", "Micro-batch that last changed the row."),
+        C("updated_at", "TIMESTAMP", "That batch's clock."),
+    ),
+    key=("identifier",),
+    merge="replace",
+    cluster_by=("customer_key",),
+    doc="Current customer key of every linked identifier (docs/identity.md: unlinked ones).",
+)
+
+IDENTITY_MERGES = TableSpec(
+    name="identity_merges",
+    columns=(
+        C("batch_id", "STRING", nullable=False),
+        C("from_key", "STRING", "Key the identifiers had.", False),
+        C("to_key", "STRING", "Key they have now.", False),
+        C("kind", "STRING", "merge | split.", False),
+        C("identifiers", "INT64", "Identifiers that moved.", False),
+        C("merged_at", "TIMESTAMP", "The batch's clock.", False),
+    ),
+    key=("batch_id", "from_key", "to_key"),
+    merge="ignore",
+    doc="Every change of customer key: the audit trail of merges and splits.",
+)
+
+CUSTOMER_TOUCHPOINTS = TableSpec(
+    name="customer_touchpoints",
+    columns=(
+        C("event_id", "STRING", nullable=False),
+        C("identifier", "STRING", "Strongest identifier of the event (pseudonymised).", False),
+        C("channel", "STRING", "social | web | survey.", False),
+        C("touchpoint", "STRING", "platform:event_type | web:event_type | survey:touchpoint.",
+          False),
+        C("event_time", "TIMESTAMP", nullable=False),
+        C("brand", "STRING", nullable=False),
+        C("polarity", "FLOAT64", "Sentiment of the text, if any."),
+        C("label", "STRING", "Sentiment label of the text, if any."),
+        C("aimed_at_brand", "BOOL"),
+        C("order_id", "STRING"),
+        C("order_value", "FLOAT64"),
+        C("survey_type", "STRING"),
+        C("score", "INT64"),
+    ),
+    key=("event_id",),
+    merge="ignore",
+    partition_by="event_time",
+    cluster_by=("identifier",),
+    doc="One fact per customer event keyed by identifier; profiles join it with identity_map.",
+)
+
+ERASURES = TableSpec(
+    name="erasures",
+    columns=(
+        C("identifier", "STRING", "Erased (pseudonymised) identifier.", False),
+        C("customer_key", "STRING", "Key of the erased customer.", False),
+        C("erased_at", "TIMESTAMP", nullable=False),
+    ),
+    key=("identifier",),
+    merge="ignore",
+    doc="Identifiers erased by `cx360 forget`: never stored again.",
+)
+
+IDENTITY_TABLES = (IDENTITY_LINKS, IDENTITY_MAP, IDENTITY_MERGES, CUSTOMER_TOUCHPOINTS, ERASURES)
+
+TABLES = {spec.name: spec for spec in (EVENT_COUNTS, DEAD_LETTERS, EVENT_IDS, *KPI_TABLES,
+                                       PIPELINE_HEALTH, *IDENTITY_TABLES)}

@@ -184,3 +184,138 @@ SELECT window_start, window_end, window_seconds, source, brand, aspect,
        100.0 * coalesce(sum(mentions) FILTER (WHERE label = 'negative'), 0) / sum(mentions)
            AS negative_share_pct
 FROM aspect_mentions GROUP BY ALL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Customer 360 (docs/identity.md). Facts are keyed by identifier and joined with the CURRENT
+-- identity map here, so a merge in a later micro-batch re-attributes all history at once.
+-- An identifier without a map row (never linked) is its own customer: an account id is its
+-- own key, anything else 'K' || first 16 hex of sha256(identifier) (as in identity.py).
+CREATE OR REPLACE MACRO cx360_implicit_key(identifier) AS
+    CASE WHEN identifier LIKE 'acct:%' THEN substr(identifier, 6)
+         ELSE 'K' || left(sha256(identifier), 16) END;
+
+CREATE OR REPLACE VIEW customer_touchpoints_keyed AS
+SELECT t.*, coalesce(m.customer_key, cx360_implicit_key(t.identifier)) AS customer_key
+FROM customer_touchpoints t LEFT JOIN identity_map m USING (identifier);
+
+-- Journey phase from evidence (the latest phase reached; docs/identity.md gives the rules).
+CREATE OR REPLACE MACRO cx360_journey_phase(orders, promoter, positive_voice, considered,
+                                            engaged) AS
+    CASE WHEN orders >= 2 OR (orders >= 1 AND (promoter OR positive_voice)) THEN 'loyalty'
+         WHEN orders >= 1 THEN 'purchase'
+         WHEN considered THEN 'consideration'
+         WHEN engaged THEN 'favorability'
+         ELSE 'awareness' END;
+
+-- Evidence per customer and brand ('(all)' = over every brand).
+CREATE OR REPLACE VIEW customer_journey_evidence AS
+WITH t AS (
+    SELECT customer_key, brand, event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM customer_touchpoints_keyed
+    UNION ALL
+    SELECT customer_key, '(all)', event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM customer_touchpoints_keyed)
+SELECT customer_key, brand,
+       count(DISTINCT order_id) AS orders,
+       coalesce(first(score ORDER BY event_time DESC, event_id DESC)
+                FILTER (WHERE survey_type = 'NPS') >= 9, false) AS promoter,
+       coalesce(bool_or(channel = 'social' AND label = 'positive'
+                        AND touchpoint NOT LIKE '%:reply'), false) AS positive_voice,
+       coalesce(bool_or(touchpoint IN ('web:product_view', 'web:add_to_cart')
+                        OR (channel = 'social' AND aimed_at_brand)), false) AS considered,
+       coalesce(bool_or(touchpoint LIKE '%:like' OR touchpoint LIKE '%:comment'
+                        OR touchpoint LIKE '%:share' OR label = 'positive'
+                        OR touchpoint = 'web:account_link'), false) AS engaged
+FROM t GROUP BY customer_key, brand;
+
+CREATE OR REPLACE VIEW customer_journey AS
+SELECT customer_key, brand, orders,
+       cx360_journey_phase(orders, promoter, positive_voice, considered, engaged)
+           AS journey_phase
+FROM customer_journey_evidence;
+
+-- Journey KPIs: customers per phase and brand ('(all)': phase over every brand).
+CREATE OR REPLACE VIEW kpi_journey AS
+SELECT brand, journey_phase,
+       CASE journey_phase WHEN 'awareness' THEN 1 WHEN 'favorability' THEN 2
+            WHEN 'consideration' THEN 3 WHEN 'purchase' THEN 4 ELSE 5 END AS phase_no,
+       count(*) AS customers,
+       100.0 * count(*) / sum(count(*)) OVER (PARTITION BY brand) AS customers_pct
+FROM customer_journey GROUP BY brand, journey_phase;
+
+-- One row per customer. as_of = the newest touchpoint in the warehouse (not the wall clock,
+-- so the profile of a given warehouse is reproducible).
+CREATE OR REPLACE VIEW customer_360 AS
+WITH t AS (SELECT * FROM customer_touchpoints_keyed),
+as_of AS (SELECT max(event_time) AS as_of FROM customer_touchpoints),
+ids AS (
+    SELECT customer_key, list(DISTINCT identifier ORDER BY identifier) AS identifiers
+    FROM (SELECT customer_key, identifier FROM identity_map
+          UNION SELECT customer_key, identifier FROM t)
+    GROUP BY customer_key),
+by_channel AS (
+    SELECT customer_key, string_agg(channel || '=' || n, ', ' ORDER BY channel) AS channels
+    FROM (SELECT customer_key, channel, count(*) AS n FROM t GROUP BY ALL) GROUP BY ALL),
+by_touchpoint AS (
+    SELECT customer_key, string_agg(touchpoint || '=' || n, ', ' ORDER BY touchpoint)
+               AS touchpoints
+    FROM (SELECT customer_key, touchpoint, count(*) AS n FROM t GROUP BY ALL) GROUP BY ALL),
+complaints AS (
+    SELECT t.customer_key, count(*) AS open_complaints
+    FROM t JOIN brand_response_facts f USING (event_id)
+    WHERE f.label = 'negative' AND f.first_reply_time IS NULL GROUP BY ALL),
+agg AS (
+    SELECT t.customer_key,
+           count(*) FILTER (WHERE channel = 'social') AS social_events,
+           count(*) FILTER (WHERE channel = 'web') AS web_events,
+           count(*) FILTER (WHERE channel = 'survey') AS survey_responses,
+           min(event_time) AS first_seen, max(event_time) AS last_seen,
+           count(DISTINCT order_id) AS orders,
+           coalesce(sum(order_value) FILTER (WHERE touchpoint = 'web:order'), 0) AS revenue,
+           first(score ORDER BY event_time DESC, event_id DESC)
+               FILTER (WHERE survey_type = 'NPS') AS nps_latest,
+           avg(score) FILTER (WHERE survey_type = 'NPS') AS nps_avg,
+           first(score ORDER BY event_time DESC, event_id DESC)
+               FILTER (WHERE survey_type = 'CSAT') AS csat_latest,
+           avg(score) FILTER (WHERE survey_type = 'CSAT') AS csat_avg,
+           first(score ORDER BY event_time DESC, event_id DESC)
+               FILTER (WHERE survey_type = 'CES') AS ces_latest,
+           avg(score) FILTER (WHERE survey_type = 'CES') AS ces_avg,
+           avg(polarity) FILTER (WHERE event_time > a.as_of - INTERVAL 7 DAY)
+               AS sentiment_last_7d,
+           avg(polarity) FILTER (WHERE event_time <= a.as_of - INTERVAL 7 DAY)
+               AS sentiment_before,
+           any_value(a.as_of) AS as_of
+    FROM t CROSS JOIN as_of a GROUP BY t.customer_key),
+scored AS (
+    SELECT agg.*, ids.identifiers, len(ids.identifiers) AS identifier_count,
+           c.channels, p.touchpoints, coalesce(o.open_complaints, 0) AS open_complaints,
+           j.journey_phase,
+           sentiment_last_7d - sentiment_before AS sentiment_trend,
+           (epoch_ms(as_of) - epoch_ms(last_seen)) / 86400000.0 AS days_since_last_seen,
+           greatest((epoch_ms(as_of) - epoch_ms(first_seen)) / (30 * 86400000.0), 1.0)
+               AS months_observed
+    FROM agg JOIN ids USING (customer_key)
+    LEFT JOIN by_channel c USING (customer_key)
+    LEFT JOIN by_touchpoint p USING (customer_key)
+    LEFT JOIN complaints o USING (customer_key)
+    LEFT JOIN customer_journey j ON j.customer_key = agg.customer_key AND j.brand = '(all)'),
+risk AS (
+    SELECT *, round(least(1.0,
+               0.5 * least(days_since_last_seen / 30.0, 1.0)
+             + 0.2 * CASE WHEN nps_latest <= 6 THEN 1 ELSE 0 END
+             + 0.15 * CASE WHEN open_complaints > 0 THEN 1 ELSE 0 END
+             + 0.15 * CASE WHEN coalesce(sentiment_trend, 0) < 0 THEN 1 ELSE 0 END), 3)
+               AS churn_risk
+    FROM scored)
+SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
+       social_events, web_events, survey_responses, first_seen, last_seen, journey_phase,
+       orders, revenue, nps_latest, nps_avg, csat_latest, csat_avg, ces_latest, ces_avg,
+       sentiment_last_7d, sentiment_before, sentiment_trend, open_complaints,
+       days_since_last_seen, churn_risk,
+       -- CLV = m * r / (1 + i - r): m = 30 % margin on the monthly revenue, r = retention
+       -- (1 - churn_risk, at most 0.95), i = 1 % monthly discount rate.
+       round(0.3 * revenue / months_observed * least(1 - churn_risk, 0.95)
+             / (1 + 0.01 - least(1 - churn_risk, 0.95)), 2) AS clv_estimate,
+       as_of
+FROM risk;
