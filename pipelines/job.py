@@ -13,6 +13,7 @@ pass ``--runner`` and the runner's options.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Sequence
 
 import apache_beam as beam
@@ -38,6 +39,22 @@ TABLES_WRITTEN = (EVENT_COUNTS.name, DEAD_LETTERS.name, EVENT_IDS.name,
                   *(spec.name for spec in IDENTITY_TABLES))
 
 
+_SCORERS = threading.local()
+
+
+def shared_scorer():
+    """One SentimentScorer per worker thread (it keeps caches and is not thread-safe), reused
+    across pipelines: loading the lexicons takes 1-2 s, and the local mode builds a new
+    pipeline (new DoFn instances) for every micro-batch. A scorer holds no per-batch state,
+    so reusing it cannot change a result."""
+    scorer = getattr(_SCORERS, "scorer", None)
+    if scorer is None:
+        from cx360.transforms.sentiment import SentimentScorer
+
+        scorer = _SCORERS.scorer = SentimentScorer()
+    return scorer
+
+
 class ComputeKpisFn(beam.DoFn):
     """A list of unique events -> ``(table, rows)`` parts of every KPI table. The sentiment
     scorer (lexicons) is loaded once per worker in setup()."""
@@ -47,9 +64,7 @@ class ComputeKpisFn(beam.DoFn):
         self._computer = None
 
     def setup(self):
-        from cx360.transforms.sentiment import SentimentScorer
-
-        self._computer = KpiComputer(self.window_sizes, SentimentScorer())
+        self._computer = KpiComputer(self.window_sizes, shared_scorer())
 
     def process(self, events: list[dict]):
         yield EVENT_COUNTS.name, count_events(events, self.window_sizes)

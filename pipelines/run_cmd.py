@@ -42,8 +42,9 @@ def register(sub) -> None:
                         help="window sizes, comma-separated (default 1h,1d)")
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew: events stamped further ahead are dead letters")
-    parser.add_argument("--max-batch-records", type=int, default=None,
-                        help="at most this many offsets per partition and batch")
+    parser.add_argument("--max-batch-records", type=int, default=10_000,
+                        help="at most this many offsets per partition and batch (default "
+                             "10000): bounds memory; --once runs batches until caught up")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="continuous mode: seconds between batches when idle (default 5)")
     parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),
@@ -127,6 +128,11 @@ def build_run_config(args: argparse.Namespace):
         start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
         max_batch_records=args.max_batch_records, runner=args.runner,
         beam_args=tuple(args.beam_option))
+
+
+def hit_cap(results, cap: int | None) -> bool:
+    """Whether a batch took as many offsets as allowed from some partition (more may wait)."""
+    return bool(cap) and any(r.stop - r.start >= cap for b in results for r in b.ranges)
 
 
 def summarize(results, elapsed: float, warehouse_url: str) -> dict:
@@ -258,9 +264,14 @@ def run(args: argparse.Namespace) -> int:
     while True:
         started = time.monotonic()
         try:
-            results = run_once(config, on_batch=progress.start if progress else None,
+            results = []
+            while True:  # with a batch size cap, --once runs batches until caught up
+                new = run_once(config, on_batch=progress.start if progress else None,
                                on_batch_done=(lambda _batch: progress.finish()) if progress
                                else None)
+                results += new
+                if not (args.once and new and hit_cap(new, config.max_batch_records)):
+                    break
         except KafkaUnavailable as exc:
             raise UserError(str(exc)) from None
         except OffsetsWentBack as exc:

@@ -113,9 +113,9 @@ class EventDecoder:
 
 
 def pack_events(events: list[dict]) -> bytes:
-    """The payload events travel in through the de-duplication shuffle: one pickled blob per
-    (batch, bucket). Beam's generic coder encodes a dict field by field and costs ~4 s per
-    50k events on the local runner; one pickle.dumps of the list costs a few ms."""
+    """How lists of dicts (events, links, table rows) cross a shuffle: one pickled value.
+    Beam's generic coder encodes a dict field by field and costs ~4 s per 50k events on the
+    local runner; one pickle.dumps of the list costs a few ms. Only our own DoFns read it."""
     return pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from cx360.transforms.decode import pack_events, unpack_events
 from cx360.transforms.identity import (IdentityRules, WarehouseGraphStore, event_links,
                                        is_erased, stitch, touchpoint_row)
 from cx360.transforms.kpis import VOICE_TYPES
@@ -90,7 +91,7 @@ class StitchIdentitiesFn(_WarehouseDoFn):
         self.rules = rules
 
     def process(self, element: tuple[str, Iterable[list[dict]]]) -> Iterator:
-        links = [link for part in element[1] for link in part]
+        links = unpack_events(element[1])
         store = WarehouseGraphStore(self._warehouse)
         rows = stitch(links, store, self.rules, store.erased(), self.batch_id, self.now_ms)
         for table, table_rows in rows.items():
@@ -110,6 +111,7 @@ class StitchIdentities(beam.PTransform):
     def expand(self, events):
         return (events
                 | "Links" >> beam.Map(
-                    lambda evs: ("graph", [link for e in evs for link in event_links(e)]))
+                    lambda evs: ("graph", pack_events(
+                        [link for e in evs for link in event_links(e)])))
                 | "OneGraphStep" >> beam.GroupByKey()
                 | "Stitch" >> beam.ParDo(self.fn))

@@ -133,18 +133,28 @@ class ReadPartitionRangesFn(beam.DoFn):
                 tracker.defer_remainder(Duration(seconds=1))
                 return
             last_progress = time.monotonic()
+            # One claim per poll, not per record: claiming the last offset of the poll means
+            # owning every offset up to it. A failed claim means the restriction now ends
+            # before it (its end, or a split by the runner): the records before that end are
+            # still ours (a split only cuts after the last successful claim), the rest not.
+            done = not tracker.try_claim(records[-1].offset)
+            if done:
+                stop = tracker.current_restriction().stop
+                records = [r for r in records if r.offset < stop]
+            size = 0
             for record in records:
-                if not tracker.try_claim(record.offset):
-                    out = flush()
-                    if out is not None:
-                        yield out
-                    return
                 position = record.offset + 1
-                self.bytes_read.inc(len(record.value or b"") + len(record.key or b""))
+                size += len(record.value or b"") + len(record.key or b"")
                 batch.append(KafkaRecord(record.topic, record.partition, record.offset,
                                          record.timestamp, record.key, record.value))
                 if len(batch) >= self.batch_size:
                     yield flush()
+            self.bytes_read.inc(size)
+            if done:
+                out = flush()
+                if out is not None:
+                    yield out
+                return
             if not bounded and batch:
                 # A producer clock far ahead must not drag the watermark into the future
                 # (every later event would look late): never beyond now + the allowed skew.
