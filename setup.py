@@ -47,7 +47,8 @@ setup(
         "cx360.transforms": ["data/*", "data/**/*"],
         "cx360.transforms.warehouse": ["sql/*.sql"],
     },
-    include_package_data=True,
+    # Data files are listed in package_data above (a test checks the wheel carries them all).
+    include_package_data=False,
     install_requires=[
         # Beam is pinned to the minor we test: its runner behaviour (see docs/) changes between
         # releases.

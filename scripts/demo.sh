@@ -7,12 +7,20 @@ export CX360_HOME="${CX360_HOME:-$PWD/.cx360}"
 EVENTS="${DEMO_EVENTS:-50000}"
 WAREHOUSE="data/cx360.duckdb"
 
+# The broker's port: 19092 unless taken by another program, then any free one. Every cx360
+# command reads CX360_BOOTSTRAP_SERVERS.
+PORT="${DEMO_PORT:-19092}"
+cx360 broker stop >/dev/null 2>&1 || true
+if ! python -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$PORT" 2>/dev/null; then
+  PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+fi
+export CX360_BOOTSTRAP_SERVERS="127.0.0.1:$PORT"
+
 cleanup() { cx360 broker stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 echo "== 1/5 local Kafka broker (Tansu, in memory)"
-cx360 broker stop >/dev/null 2>&1 || true
-cx360 broker start
+cx360 broker start --port "$PORT"
 echo "== 2/5 topics"
 cx360 topics create
 echo "== 3/5 generating $EVENTS events (German/English social posts, web sessions, surveys)"
