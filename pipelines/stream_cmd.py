@@ -18,9 +18,9 @@ from cx360.pipelines.cli import UserError
 from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
                                      kafka_config_from_args, registry_from_args,
                                      topics_from_args)
+from cx360.pipelines.run_cmd import DEFAULT_WAREHOUSE  # one default for both modes
 
 RUNNERS = ("DataflowRunner", "FlinkRunner", "PortableRunner", "DirectRunner")
-DEFAULT_WAREHOUSE = "duckdb:data/cx360.duckdb"
 
 
 def register(sub) -> None:
