@@ -147,14 +147,20 @@ def plan_ranges(config: RunConfig, warehouse) -> list[PartitionRange]:
     return ranges
 
 
-def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
-    """Run the Beam job over one recorded batch."""
-    settings = JobSettings(
-        kafka=config.kafka, registry=config.registry, topics=config.topics,
+def job_settings(config: RunConfig, batch: Batch, topics: dict | None = None) -> JobSettings:
+    """The Beam job's settings for one recorded batch (its id and clock): the one place a
+    run-time setting is passed on, for normal batches and dead-letter replays alike."""
+    return JobSettings(
+        kafka=config.kafka, registry=config.registry, topics=topics or config.topics,
         warehouse_url=config.warehouse_url, batch_id=batch.batch_id, now_ms=batch.created_ms,
         window_sizes=config.window_sizes, max_future_ms=config.max_future_ms,
         read_batch_size=config.read_batch_size, stall_timeout_s=config.stall_timeout_s,
         brands=tuple(config.brands))
+
+
+def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
+    """Run the Beam job over one recorded batch."""
+    settings = job_settings(config, batch)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=local_options(config.runner, config.beam_args))
     build_pipeline(pipeline, settings, batch.ranges)

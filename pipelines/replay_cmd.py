@@ -159,8 +159,8 @@ def run_replay_batch(config, batch, envelopes: list[dict]) -> dict:
     """Run ProcessEvents over the envelopes' original records; one transactional write."""
     import apache_beam as beam
 
-    from cx360.pipelines.job import TABLES_WRITTEN, JobSettings, ProcessEvents, local_options
-    from cx360.pipelines.microbatch import _by_topic, _counters
+    from cx360.pipelines.job import TABLES_WRITTEN, ProcessEvents, local_options
+    from cx360.pipelines.microbatch import _by_topic, _counters, job_settings
     from cx360.transforms.identity import redact_dead_letter
     from cx360.transforms.kafka_io import KafkaRecord
     from cx360.transforms.warehouse.sink import WriteMicroBatch
@@ -171,11 +171,7 @@ def run_replay_batch(config, batch, envelopes: list[dict]) -> dict:
     chunks = [records[i:i + config.read_batch_size]
               for i in range(0, len(records), config.read_batch_size)]
     event_topics = {k: v for k, v in config.topics.items() if k != "dead_letter"}
-    settings = JobSettings(
-        kafka=config.kafka, registry=config.registry, topics=event_topics,
-        warehouse_url=config.warehouse_url, batch_id=batch.batch_id, now_ms=batch.created_ms,
-        window_sizes=config.window_sizes, max_future_ms=config.max_future_ms,
-        brands=tuple(config.brands))
+    settings = job_settings(config, batch, topics=event_topics)
     # The envelopes carry the original bytes: the warehouse copy is redacted like every other
     # dead-letter row (no raw e-mail or phone in any table).
     resolved_rows = [redact_dead_letter(dict(
