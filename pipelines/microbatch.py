@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -47,6 +48,25 @@ class RunConfig:
     read_batch_size: int = 2000
     stall_timeout_s: float = 120.0
     brands: tuple = ()
+    # Local runner only: worker processes per batch (pipelines/parallel.py); 0 = automatic
+    # (the machine's cores, at most 2, for batches of at least PARALLEL_MIN_RECORDS).
+    workers: int = 1
+
+
+#: Below this many offsets a batch runs as one job: starting the workers' jobs costs more.
+PARALLEL_MIN_RECORDS = 20_000
+
+
+def batch_workers(config: RunConfig, batch: Batch) -> int:
+    """How many worker processes run ``batch`` (1: the single Beam job in this process)."""
+    if config.runner not in ("FnApiRunner", "DirectRunner"):
+        return 1  # a distributed runner does its own parallelism
+    if config.workers:
+        return max(1, config.workers)
+    records = sum(r.stop - r.start for r in batch.ranges)
+    if records < PARALLEL_MIN_RECORDS:
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 @dataclasses.dataclass
@@ -159,14 +179,30 @@ def job_settings(config: RunConfig, batch: Batch, topics: dict | None = None) ->
 
 
 def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
-    """Run the Beam job over one recorded batch."""
-    settings = job_settings(config, batch)
+    """Run the Beam job over one recorded batch (over several local worker processes when
+    :func:`batch_workers` says so: pipelines/parallel.py)."""
     started = time.monotonic()
+    workers = batch_workers(config, batch)
+    if workers > 1:
+        from cx360.pipelines.parallel import run_parallel
+
+        counters, event_time_max, written = run_parallel(config, batch, workers)
+        if written is None:
+            counters["cx360.write/batches_already_applied"] = 1
+        for table, count in (written or {}).items():
+            counters[f"cx360.write/rows_written:{table}"] = count
+        return _batch_result(batch, counters, event_time_max, started)
+    settings = job_settings(config, batch)
     pipeline = beam.Pipeline(options=local_options(config.runner, config.beam_args))
     build_pipeline(pipeline, settings, batch.ranges)
     result = pipeline.run()
     result.wait_until_finish()
-    counters = _counters(result)
+    return _batch_result(batch, _counters(result),
+                         _distribution_max(result, "cx360.dedupe/event_time_ms:"), started)
+
+
+def _batch_result(batch: Batch, counters: dict, event_time_max: dict,
+                  started: float) -> BatchResult:
     dead: dict[str, dict[str, int]] = defaultdict(dict)
     for name, value in _by_topic(counters, "cx360.decode/dead_letters:").items():
         topic, reason = name.rsplit(":", 1)
@@ -180,7 +216,7 @@ def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
         rows_written=_by_topic(counters, "cx360.write/rows_written:"),
         already_applied=counters.get("cx360.write/batches_already_applied", 0) > 0,
         seconds=time.monotonic() - started,
-        event_time_max=_distribution_max(result, "cx360.dedupe/event_time_ms:"))
+        event_time_max=event_time_max)
 
 
 def _commit(config: RunConfig, warehouse, batch: Batch) -> None:

@@ -50,6 +50,10 @@ def register(sub) -> None:
     parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),
                         help="JSON file of brands and competitive sets for share of voice "
                              "(default: the demo brands shipped with cx360)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="local runner: worker processes per batch (0, the default: the "
+                             "cores, at most 2, for batches of 20,000 offsets or more; 1: one "
+                             "Beam job in this process); see docs/performance.md")
     parser.add_argument("--runner", default="FnApiRunner", choices=RUNNERS)
     parser.add_argument("--beam-option", action="append", default=[], metavar="--KEY=VALUE",
                         help="extra Beam pipeline option, repeatable")
@@ -105,6 +109,9 @@ def build_run_config(args: argparse.Namespace):
     if any(86400 % s and s % 86400 for s in sizes):
         raise UserError("window sizes must divide a day or be whole days (e.g. 15m, 1h, 1d)")
     start_from, start_from_topic = parse_start_from(args.start_from, topics_from_args(args))
+    workers = getattr(args, "workers", 1)  # other commands (replay) share this function
+    if workers < 0:
+        raise UserError("--workers must be 0 (automatic) or more")
     if args.max_batch_records is not None and args.max_batch_records < 1:
         raise UserError("--max-batch-records must be at least 1")
     try:  # fail early, in one line, on a bad URL or a locked file
@@ -126,7 +133,7 @@ def build_run_config(args: argparse.Namespace):
         brands=brands, kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
         start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
-        max_batch_records=args.max_batch_records, runner=args.runner,
+        max_batch_records=args.max_batch_records, runner=args.runner, workers=workers,
         beam_args=tuple(args.beam_option))
 
 

@@ -1,0 +1,291 @@
+"""Local parallel execution of one micro-batch: the same transforms as the single Beam job
+(`job.py`), run by K worker processes so that both cores of a laptop or CI machine work.
+
+Beam's local FnApiRunner runs a job in one process (with more workers it silently drops a
+Splittable DoFn's deferred work, see docs/performance.md), so on the local runner one
+micro-batch is split like a distributed runner would split it, with a file shuffle in between:
+
+1. **decode** (K jobs in parallel, disjoint sets of offset ranges): Kafka read, decode and
+   validate; dead letters to the dead-letter topic; events bucketed by a stable hash of their
+   event id and spooled to files, one directory per bucket.
+2. **process** (K jobs in parallel, disjoint sets of buckets): every copy of an event id is in
+   one bucket, so de-duplication is exact (within the batch, and against the warehouse's
+   ledger, read through a read-only connection); erased customers are dropped; KPI
+   components, touchpoint facts, identity links and ledger rows are spooled.
+3. **write** (this process): identity stitching (it needs the whole batch's links and the
+   stored graph), then every row and the batch ledger in ONE transaction, exactly as the
+   single job's writer does. KPI components of different buckets with the same key are added
+   up by the warehouse's combine step, as they are for the buckets of the single job.
+
+Nothing here holds on Dataflow or Flink: they run ``job.build_pipeline`` as one job and do
+their own shuffles. The spool is a temporary directory removed after the batch; a batch that
+fails anywhere stays 'pending' and is re-run from Kafka, so no spooled file outlives a run.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from typing import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from cx360.pipelines.job import (TABLES_WRITTEN, ComputeKpisFn, JobSettings, local_options)
+from cx360.transforms.dead_letters import ProduceDeadLettersFn
+from cx360.transforms.decode import DEAD_LETTER, DecodeEvents, pack_events
+from cx360.transforms.dedupe import EVENT_ID_ROWS, DeduplicateFn
+from cx360.transforms.identity import (WarehouseGraphStore, event_links,
+                                       redact_dead_letter, stitch)
+from cx360.transforms.identity_steps import DropErasedFn, rules_from_env
+from cx360.transforms.kafka_io import PartitionRange
+from cx360.transforms.kafka_source import ReadFromKafkaRanges
+from cx360.transforms.warehouse import TABLES, open_warehouse
+from cx360.transforms.warehouse.spec import BRANDS, DEAD_LETTERS, EVENT_IDS
+
+LINKS = "_identity_links_in"   # spool key of the identity links (input of stitching)
+DEAD = "_dead_letters"         # spool key of the (redacted) dead-letter rows
+
+
+# -- spool -----------------------------------------------------------------------------------
+
+class SpoolWriteFn(beam.DoFn):
+    """``(key, value)`` in; per bundle, one file per key holding the list of its values
+    (``<spool>/<key>/<prefix>-<uuid>.pkl``). Written in finish_bundle, to a temporary name
+    renamed when complete, so a reader never sees half a file."""
+
+    def __init__(self, spool: str, prefix: str):
+        self.spool = spool
+        self.prefix = prefix
+        self._pending: dict = {}
+
+    def start_bundle(self):
+        self._pending = defaultdict(list)
+
+    def process(self, element) -> Iterator[None]:
+        key, value = element
+        self._pending[key].append(value)
+        return iter(())
+
+    def finish_bundle(self):
+        for key, values in self._pending.items():
+            folder = os.path.join(self.spool, str(key))
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{self.prefix}-{uuid.uuid4().hex}.pkl")
+            with open(path + ".tmp", "wb") as out:
+                pickle.dump(values, out, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(path + ".tmp", path)
+        self._pending = {}
+
+
+def read_spool(spool: str, key) -> list:
+    """Every value spooled under ``key`` (in file-name order: deterministic)."""
+    folder = os.path.join(spool, str(key))
+    if not os.path.isdir(folder):
+        return []
+    values = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".pkl"):
+            with open(os.path.join(folder, name), "rb") as src:
+                values.extend(pickle.load(src))
+    return values
+
+
+class ReadBucketFn(beam.DoFn):
+    """A bucket number -> ``(bucket, packed event lists)`` as the GroupByKey of the single job
+    would give it to :class:`DeduplicateFn`."""
+
+    def __init__(self, spool: str):
+        self.spool = spool
+
+    def process(self, bucket: int):
+        blobs = read_spool(self.spool, f"bucket-{bucket}")
+        if blobs:
+            yield bucket, blobs
+
+
+class ReadOnlyLedgerDeduplicateFn(DeduplicateFn):
+    """:class:`DeduplicateFn` on a read-only connection: K processes look the ledger up at
+    once (DuckDB allows many read-only processes, or one writer), and nothing writes while
+    they do (the batch is written after all of them finished)."""
+
+    def setup(self):
+        self._warehouse = open_warehouse(self.warehouse_url, read_only=True)
+
+
+class DropGivenErasedFn(DropErasedFn):
+    """:class:`DropErasedFn` with the erasure list read by the driver before the batch (the
+    same state the single job's DoFn reads in setup), so no worker opens the warehouse."""
+
+    def __init__(self, erased: Iterable[str]):
+        super().__init__("")
+        self.erased = frozenset(erased)
+
+    def setup(self):
+        self._warehouse = None
+        self._erased = set(self.erased)
+        self._dropped = Metrics.counter("cx360.identity", "erased_events_dropped")
+
+
+# -- the two worker jobs ----------------------------------------------------------------------
+
+def _metrics(result) -> tuple[dict, dict]:
+    from cx360.pipelines.microbatch import _counters, _distribution_max
+
+    return dict(_counters(result)), _distribution_max(result, "cx360.dedupe/event_time_ms:")
+
+
+def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: str, part: int,
+               runner: str, beam_args: Sequence[str]) -> tuple[dict, dict]:
+    """Phase 1 in a worker process: read + decode ``ranges``; events to bucket folders, dead
+    letters to Kafka and to the spool. Returns (counters, distribution maxima)."""
+    s = settings
+    pipeline = beam.Pipeline(options=local_options(runner, beam_args))
+    batches = pipeline | "ReadKafka" >> ReadFromKafkaRanges(
+        s.kafka, list(ranges), batch_size=s.read_batch_size, stall_timeout_s=s.stall_timeout_s)
+    decoded = batches | "Decode" >> DecodeEvents(
+        s.registry, s.topics, s.now_ms, buckets=s.buckets, batch_id=s.batch_id,
+        max_future_ms=s.max_future_ms)
+    _ = (decoded.events
+         | "BucketKeys" >> beam.Map(lambda kv: (f"bucket-{kv[0]}", kv[1]))
+         | "SpoolEvents" >> beam.ParDo(SpoolWriteFn(spool, f"p{part}")))
+    _ = (decoded[DEAD_LETTER]
+         | "DeadLetterRows" >> beam.Map(lambda dead: (DEAD, redact_dead_letter(dead)))
+         | "SpoolDeadLetters" >> beam.ParDo(SpoolWriteFn(spool, f"p{part}")))
+    dl_topic = s.topics.get("dead_letter")
+    if dl_topic:
+        _ = decoded[DEAD_LETTER] | "DeadLettersToKafka" >> beam.ParDo(
+            ProduceDeadLettersFn(s.kafka, dl_topic, s.registry))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _metrics(result)
+
+
+def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part: int,
+                erased: frozenset, runner: str, beam_args: Sequence[str]) -> tuple[dict, dict]:
+    """Phase 2 in a worker process: de-duplicate, drop erased, compute the KPI components,
+    touchpoints, identity links and ledger rows of ``buckets``; all spooled as table parts."""
+    s = settings
+    pipeline = beam.Pipeline(options=local_options(runner, beam_args))
+    grouped = (pipeline
+               | "Buckets" >> beam.Create(list(buckets))
+               | "ReadBuckets" >> beam.ParDo(ReadBucketFn(spool)))
+    deduped = grouped | "Deduplicate" >> beam.ParDo(
+        ReadOnlyLedgerDeduplicateFn(s.warehouse_url)).with_outputs(EVENT_ID_ROWS, main="events")
+    kept = deduped.events | "DropErased" >> beam.ParDo(DropGivenErasedFn(erased))
+    out = SpoolWriteFn(spool, f"q{part}")
+    _ = (kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+         | "TableKeys" >> beam.Map(lambda kv: (f"table-{kv[0]}", kv[1]))
+         | "SpoolKpis" >> beam.ParDo(out))
+    _ = (kept | "Links" >> beam.Map(lambda evs: (LINKS, [l for e in evs for l in event_links(e)]))
+         | "SpoolLinks" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}")))
+    _ = (deduped[EVENT_ID_ROWS]
+         | "EventIdRows" >> beam.Map(lambda rows: (f"table-{EVENT_IDS.name}", rows))
+         | "SpoolEventIds" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}")))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _metrics(result)
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+_POOL: dict = {}
+
+
+def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """K worker processes, started once and reused by every batch of this process (their
+    imports, Kafka clients and sentiment lexicons are paid once). 'spawn', not fork: the
+    parent may hold gRPC threads and database connections."""
+    pool = _POOL.get(workers)
+    if pool is None:
+        pool = _POOL[workers] = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(pool.shutdown, wait=True, cancel_futures=True)
+    return pool
+
+
+def shutdown_pools() -> None:
+    while _POOL:
+        _, pool = _POOL.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def split_ranges(ranges: Sequence[PartitionRange], parts: int) -> list[list[PartitionRange]]:
+    """Ranges into ``parts`` groups of about equal size (largest first, to the lightest)."""
+    groups: list[list[PartitionRange]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for r in sorted(ranges, key=lambda r: (-(r.stop - r.start), r.topic, r.partition, r.start)):
+        i = loads.index(min(loads))
+        groups[i].append(r)
+        loads[i] += r.stop - r.start
+    return [g for g in groups if g]
+
+
+def _sum_into(total: dict, counters: dict) -> None:
+    for name, value in counters.items():
+        total[name] = total.get(name, 0) + value
+
+
+def _max_into(total: dict, maxima: dict) -> None:
+    for name, value in maxima.items():
+        total[name] = max(total.get(name, value), value)
+
+
+def run_parallel(config, batch, workers: int) -> tuple[dict, dict, dict | None]:
+    """Run one recorded batch over ``workers`` processes and write it. Returns (counters,
+    event-time maxima, rows written per table, or None when the batch was already applied)."""
+    from cx360.pipelines.microbatch import job_settings
+
+    settings = job_settings(config, batch)
+    pool = worker_pool(workers)
+    spool = tempfile.mkdtemp(prefix=f"cx360-spool-{batch.batch_id}-",
+                             dir=os.environ.get("CX360_SPOOL_DIR"))
+    counters: dict = {}
+    maxima: dict = {}
+    try:
+        warehouse = open_warehouse(config.warehouse_url)
+        try:
+            erased = frozenset(WarehouseGraphStore(warehouse).erased())
+        finally:
+            warehouse.close()
+        args = (config.runner, tuple(config.beam_args))
+        jobs = [pool.submit(decode_job, settings, group, spool, i, *args)
+                for i, group in enumerate(split_ranges(batch.ranges, workers))]
+        for job in jobs:
+            c, m = job.result()
+            _sum_into(counters, c)
+            _max_into(maxima, m)
+        bucket_groups = [list(range(i, settings.buckets, workers)) for i in range(workers)]
+        jobs = [pool.submit(process_job, settings, group, spool, i, erased, *args)
+                for i, group in enumerate(bucket_groups) if group]
+        for job in jobs:
+            c, m = job.result()
+            _sum_into(counters, c)
+            _max_into(maxima, m)
+        rows: dict[str, list[dict]] = {name: [] for name in TABLES_WRITTEN}
+        for table in TABLES_WRITTEN:
+            for part in read_spool(spool, f"table-{table}"):
+                rows[table].extend(part)
+        rows[DEAD_LETTERS.name].extend(read_spool(spool, DEAD))
+        rows[BRANDS.name].extend(settings.brands)
+        links = [link for part in read_spool(spool, LINKS) for link in part]
+        warehouse = open_warehouse(config.warehouse_url)
+        try:
+            store = WarehouseGraphStore(warehouse)
+            identity = stitch(links, store, rules_from_env(), store.erased(), batch.batch_id,
+                              batch.created_ms)
+            for table, table_rows in identity.items():
+                rows[table].extend(table_rows)
+            written = warehouse.write_batch(batch.batch_id, rows, TABLES)
+        finally:
+            warehouse.close()
+        return counters, maxima, written
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
