@@ -53,6 +53,9 @@ class RunConfig:
     workers: int = 1
 
 
+#: Parallel mode plans at most this many capped batches ahead in one run_once call.
+PLAN_AHEAD_MAX = 8
+
 #: Below this many offsets a batch runs as one job: starting the workers' jobs costs more.
 PARALLEL_MIN_RECORDS = 20_000
 
@@ -82,6 +85,7 @@ class BatchResult:
     seconds: float
     event_time_max: dict[str, int] = dataclasses.field(default_factory=dict)  # topic -> ms
     health: list[dict] = dataclasses.field(default_factory=list)  # pipeline_health rows
+    phases: dict = dataclasses.field(default_factory=dict)  # parallel mode: seconds per phase
 
     @property
     def records(self) -> int:
@@ -178,20 +182,21 @@ def job_settings(config: RunConfig, batch: Batch, topics: dict | None = None) ->
         brands=tuple(config.brands))
 
 
-def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
-    """Run the Beam job over one recorded batch (over several local worker processes when
-    :func:`batch_workers` says so: pipelines/parallel.py)."""
+def run_batch(config: RunConfig, batch: Batch, parallel=None, next_batch: Batch | None = None
+              ) -> BatchResult:
+    """Run the Beam job over one recorded batch; with ``parallel`` (a
+    :class:`~cx360.pipelines.parallel.ParallelBatches`), over this and worker processes, which
+    may start decoding ``next_batch`` while this one is written."""
     started = time.monotonic()
-    workers = batch_workers(config, batch)
-    if workers > 1:
-        from cx360.pipelines.parallel import run_parallel
-
-        counters, event_time_max, written = run_parallel(config, batch, workers)
+    if parallel is not None:
+        counters, event_time_max, written, phases = parallel.run(batch, next_batch)
         if written is None:
             counters["cx360.write/batches_already_applied"] = 1
         for table, count in (written or {}).items():
             counters[f"cx360.write/rows_written:{table}"] = count
-        return _batch_result(batch, counters, event_time_max, started)
+        result = _batch_result(batch, counters, event_time_max, started)
+        result.phases = phases
+        return result
     settings = job_settings(config, batch)
     pipeline = beam.Pipeline(options=local_options(config.runner, config.beam_args))
     build_pipeline(pipeline, settings, batch.ranges)
@@ -250,40 +255,62 @@ def run_once(config: RunConfig, on_batch=None, on_batch_done=None) -> list[Batch
             LOG.warning("recovering batch %s left pending by an interrupted run: re-running "
                         "its %d offset ranges", batch.batch_id, len(batch.ranges))
         ranges = plan_ranges(config, warehouse)
-        if ranges:
+        while ranges:
             created = int(time.time() * 1000)
             batch = Batch(new_batch_id(created), created, "pending", ranges)
             warehouse.record_batch(batch)
             todo.append(batch)
+            # In parallel mode the workers decode batch n+1 while batch n is written, so the
+            # next capped batch is planned (and recorded) now; a single job plans one.
+            if (batch_workers(config, batch) < 2 or not config.max_batch_records
+                    or len(todo) >= PLAN_AHEAD_MAX):
+                break
+            ranges = plan_ranges(config, warehouse)
     finally:
         warehouse.close()
-    for batch in todo:
-        if on_batch:
-            on_batch(batch)
-        try:
-            result = run_batch(config, batch)
-        finally:
-            if on_batch_done:
-                on_batch_done(batch)
-        results.append(result)
-        warehouse = open_warehouse(config.warehouse_url)
-        try:
-            status = {b.batch_id: b.status for b in warehouse.batches()}[batch.batch_id]
-            if status == "pending":
-                raise RuntimeError(f"batch {batch.batch_id} finished but was not applied")
-            _commit(config, warehouse, batch)
-            # Observability only, after the batch is applied and committed: a failure here
-            # (or a crash before it) loses one health row, never data.
-            from cx360.pipelines.health import record_health
+    workers = max((batch_workers(config, b) for b in todo), default=1)
+    parallel = None
+    if workers > 1:
+        from cx360.pipelines.parallel import ParallelBatches
 
-            result.health = record_health(config, warehouse, batch, result)
-        finally:
-            warehouse.close()
-        LOG.info("batch %s applied", batch.batch_id, extra={"cx360": {
-            "event": "batch_applied", "batch_id": batch.batch_id, "records": result.records,
-            "read": result.read, "accepted": result.accepted,
-            "duplicates": result.duplicates, "dead_letters": result.dead_letters,
-            "rows_written": result.rows_written, "seconds": round(result.seconds, 3),
-            "event_time_max_ms": result.event_time_max,
-            "lag": sum(r["lag"] or 0 for r in result.health)}})
+        parallel = ParallelBatches(config, workers)
+    try:
+        for i, batch in enumerate(todo):
+            results.append(_run_and_commit(config, batch, on_batch, on_batch_done, parallel,
+                                           todo[i + 1] if i + 1 < len(todo) else None))
+    finally:
+        if parallel is not None:
+            parallel.close()
     return results
+
+
+def _run_and_commit(config: RunConfig, batch: Batch, on_batch, on_batch_done, parallel,
+                    next_batch: Batch | None) -> BatchResult:
+    if on_batch:
+        on_batch(batch)
+    try:
+        result = run_batch(config, batch, parallel, next_batch)
+    finally:
+        if on_batch_done:
+            on_batch_done(batch)
+    warehouse = open_warehouse(config.warehouse_url)
+    try:
+        status = {b.batch_id: b.status for b in warehouse.batches()}[batch.batch_id]
+        if status == "pending":
+            raise RuntimeError(f"batch {batch.batch_id} finished but was not applied")
+        _commit(config, warehouse, batch)
+        # Observability only, after the batch is applied and committed: a failure here
+        # (or a crash before it) loses one health row, never data.
+        from cx360.pipelines.health import record_health
+
+        result.health = record_health(config, warehouse, batch, result)
+    finally:
+        warehouse.close()
+    LOG.info("batch %s applied", batch.batch_id, extra={"cx360": {
+        "event": "batch_applied", "batch_id": batch.batch_id, "records": result.records,
+        "read": result.read, "accepted": result.accepted,
+        "duplicates": result.duplicates, "dead_letters": result.dead_letters,
+        "rows_written": result.rows_written, "seconds": round(result.seconds, 3),
+        "event_time_max_ms": result.event_time_max, "phases": result.phases,
+        "lag": sum(r["lag"] or 0 for r in result.health)}})
+    return result

@@ -136,17 +136,41 @@ class DropGivenErasedFn(DropErasedFn):
 
 # -- the two worker jobs ----------------------------------------------------------------------
 
-def _metrics(result) -> tuple[dict, dict]:
+def _metrics(result, cpu_started: float) -> tuple[dict, dict, float]:
+    """(counters, event-time maxima, CPU seconds this job used in this process)."""
     from cx360.pipelines.microbatch import _counters, _distribution_max
 
-    return dict(_counters(result)), _distribution_max(result, "cx360.dedupe/event_time_ms:")
+    return (dict(_counters(result)), _distribution_max(result, "cx360.dedupe/event_time_ms:"),
+            time.process_time() - cpu_started)
 
 
+def _profiled(fn):
+    """Development aid: with CX360_PROFILE_DIR set, each worker job dumps a cProfile file."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        folder = os.environ.get("CX360_PROFILE_DIR")
+        if not folder:
+            return fn(*args, **kwargs)
+        import cProfile
+
+        profile = cProfile.Profile()
+        try:
+            return profile.runcall(fn, *args, **kwargs)
+        finally:
+            profile.dump_stats(os.path.join(folder, f"{fn.__name__}-{os.getpid()}-"
+                                                    f"{time.monotonic_ns()}.prof"))
+    return wrapper
+
+
+@_profiled
 def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: str, part: int,
                runner: str, beam_args: Sequence[str]) -> tuple[dict, dict]:
     """Phase 1 in a worker process: read + decode ``ranges``; events to bucket folders, dead
     letters to Kafka and to the spool. Returns (counters, distribution maxima)."""
     s = settings
+    cpu_started = time.process_time()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     batches = pipeline | "ReadKafka" >> ReadFromKafkaRanges(
         s.kafka, list(ranges), batch_size=s.read_batch_size, stall_timeout_s=s.stall_timeout_s)
@@ -165,14 +189,16 @@ def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: s
             ProduceDeadLettersFn(s.kafka, dl_topic, s.registry))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result)
+    return _metrics(result, cpu_started)
 
 
+@_profiled
 def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part: int,
                 erased: frozenset, runner: str, beam_args: Sequence[str]) -> tuple[dict, dict]:
     """Phase 2 in a worker process: de-duplicate, drop erased, compute the KPI components,
     touchpoints, identity links and ledger rows of ``buckets``; all spooled as table parts."""
     s = settings
+    cpu_started = time.process_time()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     grouped = (pipeline
                | "Buckets" >> beam.Create(list(buckets))
@@ -191,7 +217,7 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
          | "SpoolEventIds" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}")))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result)
+    return _metrics(result, cpu_started)
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -200,9 +226,9 @@ _POOL: dict = {}
 
 
 def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """K worker processes, started once and reused by every batch of this process (their
-    imports, Kafka clients and sentiment lexicons are paid once). 'spawn', not fork: the
-    parent may hold gRPC threads and database connections."""
+    """``workers`` worker processes, started once and reused by every batch of this process
+    (their imports, Kafka clients and sentiment lexicons are paid once). 'spawn', not fork:
+    the parent may hold gRPC threads and database connections."""
     pool = _POOL.get(workers)
     if pool is None:
         pool = _POOL[workers] = concurrent.futures.ProcessPoolExecutor(
@@ -211,21 +237,27 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     return pool
 
 
-def shutdown_pools() -> None:
-    while _POOL:
-        _, pool = _POOL.popitem()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def split_ranges(ranges: Sequence[PartitionRange], parts: int) -> list[list[PartitionRange]]:
-    """Ranges into ``parts`` groups of about equal size (largest first, to the lightest)."""
-    groups: list[list[PartitionRange]] = [[] for _ in range(parts)]
-    loads = [0] * parts
-    for r in sorted(ranges, key=lambda r: (-(r.stop - r.start), r.topic, r.partition, r.start)):
-        i = loads.index(min(loads))
-        groups[i].append(r)
-        loads[i] += r.stop - r.start
-    return [g for g in groups if g]
+def split_ranges(ranges: Sequence[PartitionRange], shares: Sequence[float]
+                 ) -> list[list[PartitionRange]]:
+    """Cut ``ranges`` into len(shares) groups holding about those fractions of the offsets
+    (a range is cut at an offset where a group is full). Every offset lands in exactly one
+    group."""
+    total = sum(r.stop - r.start for r in ranges)
+    targets = [total * share / sum(shares) for share in shares]
+    groups: list[list[PartitionRange]] = [[] for _ in shares]
+    i, room = 0, targets[0]
+    for r in sorted(ranges, key=lambda r: (r.topic, r.partition, r.start)):
+        start = r.start
+        while start < r.stop:
+            if i < len(groups) - 1 and room < 1:
+                i += 1
+                room = targets[i]
+                continue
+            stop = r.stop if i == len(groups) - 1 else min(r.stop, start + max(1, round(room)))
+            groups[i].append(PartitionRange(r.topic, r.partition, start, stop))
+            room -= stop - start
+            start = stop
+    return groups
 
 
 def _sum_into(total: dict, counters: dict) -> None:
@@ -238,37 +270,124 @@ def _max_into(total: dict, maxima: dict) -> None:
         total[name] = max(total.get(name, value), value)
 
 
-def run_parallel(config, batch, workers: int) -> tuple[dict, dict, dict | None]:
-    """Run one recorded batch over ``workers`` processes and write it. Returns (counters,
-    event-time maxima, rows written per table, or None when the batch was already applied)."""
-    from cx360.pipelines.microbatch import job_settings
+class _Decoding:
+    """A batch whose decode phase has started: its spool, this process's share of the ranges
+    (run when the batch's turn comes) and the workers' jobs."""
 
-    settings = job_settings(config, batch)
-    pool = worker_pool(workers)
-    spool = tempfile.mkdtemp(prefix=f"cx360-spool-{batch.batch_id}-",
-                             dir=os.environ.get("CX360_SPOOL_DIR"))
-    counters: dict = {}
-    maxima: dict = {}
-    try:
-        warehouse = open_warehouse(config.warehouse_url)
+    def __init__(self, spool: str, inline: list[PartitionRange], jobs: list):
+        self.spool = spool
+        self.inline = inline
+        self.jobs = jobs
+
+
+class ParallelBatches:
+    """Runs recorded batches with this process and ``workers - 1`` worker processes.
+
+    This process takes a share of each phase and does the write. While it writes batch n,
+    the workers already decode batch n+1 (:meth:`run` with ``next_batch``): decoding needs
+    nothing from the warehouse. De-duplication of batch n+1 starts only after batch n is
+    written, so the ledger it reads is complete.
+    """
+
+    def __init__(self, config, workers: int):
+        self.config = config
+        self.workers = workers
+        self.pool = worker_pool(workers - 1)
+        self._decoding: dict[str, _Decoding] = {}
+        self._write_per_record = 0.0     # seconds, measured on the previous batch
+        self._decode_per_record = 0.0    # CPU seconds of the decode phase per record
+
+    def _settings(self, batch):
+        from cx360.pipelines.microbatch import job_settings
+
+        return job_settings(self.config, batch)
+
+    def _args(self):
+        return self.config.runner, tuple(self.config.beam_args)
+
+    def start_decode(self, batch, writing: bool = False) -> None:
+        """Hand the workers their share of ``batch``'s decode phase. ``writing``: this
+        process will be busy writing the previous batch meanwhile, so the workers take more
+        (enough to finish when this process has written and decoded the rest)."""
+        if batch.batch_id in self._decoding:
+            return
+        spool = tempfile.mkdtemp(prefix=f"cx360-spool-{batch.batch_id}-",
+                                 dir=os.environ.get("CX360_SPOOL_DIR"))
+        k = self.workers
+        mine = 1.0 / k
+        if writing and self._decode_per_record > 0:
+            # Balance: this process writes (W) and decodes its share x of the decode work D
+            # while each of the k-1 workers decodes y = (1-x)/(k-1):  W + x*D = y*D
+            # => x = (1 - (k-1)*W/D) / k, from the previous batch's W and D per record.
+            ratio = self._write_per_record / self._decode_per_record
+            mine = min(1.0 / k, max(0.02, (1.0 - (k - 1) * ratio) / k))
+        shares = [mine] + [(1.0 - mine) / (k - 1)] * (k - 1)
+        groups = split_ranges(batch.ranges, shares)
+        settings = self._settings(batch)
+        jobs = [self.pool.submit(decode_job, settings, group, spool, i, *self._args())
+                for i, group in enumerate(groups) if i > 0 and group]
+        self._decoding[batch.batch_id] = _Decoding(spool, groups[0], jobs)
+
+    def run(self, batch, next_batch=None) -> tuple[dict, dict, dict | None, dict]:
+        """Run one recorded batch and write it. Returns (counters, event-time maxima, rows
+        written per table or None when the batch was already applied, seconds per phase)."""
+        settings = self._settings(batch)
+        counters: dict = {}
+        maxima: dict = {}
+        timings: dict = {"processes": self.workers}
+        wall, cpu = time.monotonic(), time.process_time()
+        self.start_decode(batch)
+        decoding = self._decoding[batch.batch_id]
         try:
-            erased = frozenset(WarehouseGraphStore(warehouse).erased())
+            warehouse = open_warehouse(self.config.warehouse_url)
+            try:
+                erased = frozenset(WarehouseGraphStore(warehouse).erased())
+            finally:
+                warehouse.close()
+            # 1. decode: this process's share, then the workers' (already running).
+            results = []
+            if decoding.inline:
+                results.append(decode_job(settings, decoding.inline, decoding.spool, 0,
+                                          *self._args()))
+            results += [job.result() for job in decoding.jobs]
+            timings["decode_cpu_s"] = sum(r[2] for r in results)
+            for c, m, _ in results:
+                _sum_into(counters, c)
+                _max_into(maxima, m)
+            timings["decode_s"] = time.monotonic() - wall
+            phase = time.monotonic()
+            # 2. de-duplicate and compute, bucket sets split evenly.
+            groups = [list(range(i, settings.buckets, self.workers))
+                      for i in range(self.workers)]
+            jobs = [self.pool.submit(process_job, settings, group, decoding.spool, i, erased,
+                                     *self._args())
+                    for i, group in enumerate(groups) if i > 0 and group]
+            results = [process_job(settings, groups[0], decoding.spool, 0, erased,
+                                   *self._args())]
+            results += [job.result() for job in jobs]
+            timings["process_cpu_s"] = sum(r[2] for r in results)
+            for c, m, _ in results:
+                _sum_into(counters, c)
+                _max_into(maxima, m)
+            timings["process_s"] = time.monotonic() - phase
+            phase = time.monotonic()
+            # 3. the workers start on the next batch while this process writes this one.
+            if next_batch is not None:
+                self.start_decode(next_batch, writing=True)
+            written = self._write(batch, settings, decoding.spool)
+            timings["write_s"] = time.monotonic() - phase
+            timings["driver_cpu_s"] = time.process_time() - cpu
         finally:
-            warehouse.close()
-        args = (config.runner, tuple(config.beam_args))
-        jobs = [pool.submit(decode_job, settings, group, spool, i, *args)
-                for i, group in enumerate(split_ranges(batch.ranges, workers))]
-        for job in jobs:
-            c, m = job.result()
-            _sum_into(counters, c)
-            _max_into(maxima, m)
-        bucket_groups = [list(range(i, settings.buckets, workers)) for i in range(workers)]
-        jobs = [pool.submit(process_job, settings, group, spool, i, erased, *args)
-                for i, group in enumerate(bucket_groups) if group]
-        for job in jobs:
-            c, m = job.result()
-            _sum_into(counters, c)
-            _max_into(maxima, m)
+            del self._decoding[batch.batch_id]
+            shutil.rmtree(decoding.spool, ignore_errors=True)
+        records = max(1, sum(r.stop - r.start for r in batch.ranges))
+        self._write_per_record = timings["write_s"] / records
+        self._decode_per_record = timings["decode_cpu_s"] / records
+        return counters, maxima, written, {k: round(v, 3) for k, v in timings.items()}
+
+    def _write(self, batch, settings, spool: str) -> dict | None:
+        """Identity stitching over the whole batch, then every row and the ledger in one
+        transaction (as WriteBatchFn does for the single job)."""
         rows: dict[str, list[dict]] = {name: [] for name in TABLES_WRITTEN}
         for table in TABLES_WRITTEN:
             for part in read_spool(spool, f"table-{table}"):
@@ -276,16 +395,24 @@ def run_parallel(config, batch, workers: int) -> tuple[dict, dict, dict | None]:
         rows[DEAD_LETTERS.name].extend(read_spool(spool, DEAD))
         rows[BRANDS.name].extend(settings.brands)
         links = [link for part in read_spool(spool, LINKS) for link in part]
-        warehouse = open_warehouse(config.warehouse_url)
+        warehouse = open_warehouse(self.config.warehouse_url)
         try:
             store = WarehouseGraphStore(warehouse)
             identity = stitch(links, store, rules_from_env(), store.erased(), batch.batch_id,
                               batch.created_ms)
             for table, table_rows in identity.items():
                 rows[table].extend(table_rows)
-            written = warehouse.write_batch(batch.batch_id, rows, TABLES)
+            return warehouse.write_batch(batch.batch_id, rows, TABLES)
         finally:
             warehouse.close()
-        return counters, maxima, written
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
+
+    def close(self) -> None:
+        """Wait for started decode jobs (a failed run leaves some) and remove their spools."""
+        for decoding in self._decoding.values():
+            for job in decoding.jobs:
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001 - the batch stays pending and is re-run
+                    pass
+            shutil.rmtree(decoding.spool, ignore_errors=True)
+        self._decoding.clear()

@@ -1,0 +1,112 @@
+"""The local parallel mode (pipelines/parallel.py) must write exactly what the single Beam job
+writes, including for duplicates whose copies are read by different worker processes."""
+import json
+import random
+import subprocess
+
+import duckdb
+
+from cx360.pipelines.parallel import split_ranges
+from cx360.transforms.kafka_io import PartitionRange
+from kafka_helpers import produce
+from test_exactly_once import cx360, stream, topic_args
+
+
+def test_split_ranges_puts_every_offset_in_exactly_one_group():
+    rng = random.Random(5)
+    for _ in range(200):
+        ranges = []
+        for p in range(rng.randrange(1, 6)):
+            start = rng.randrange(0, 1000)
+            ranges.append(PartitionRange(f"t{p % 2}", p, start, start + rng.randrange(0, 3000)))
+        shares = [rng.uniform(0.02, 1.0) for _ in range(rng.randrange(1, 4))]
+        groups = split_ranges(ranges, shares)
+        assert len(groups) == len(shares)
+        got = sorted((r.topic, r.partition, o) for g in groups for r in g
+                     for o in range(r.start, r.stop))
+        want = sorted((r.topic, r.partition, o) for r in ranges for o in range(r.start, r.stop))
+        assert got == want
+        total = len(want)
+        for group, share in zip(groups, shares):
+            size = sum(r.stop - r.start for r in group)
+            # Only the last group takes the rounding remainder; none is off by more than 1
+            # offset per range it was cut from.
+            assert abs(size - total * share / sum(shares)) <= len(ranges) + 1
+
+
+def _dump(path):
+    """Every written table, without the columns that name the batch or its clock."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        out = {}
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND table_name NOT IN ('_cx360_batches', 'pipeline_health')").fetchall()]
+        for table in tables:
+            cols = [r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position", [table]).fetchall()]
+            keep = [c for c in cols if "batch" not in c and c not in ("failed_at", "updated_at")]
+            rows = con.execute(f'SELECT {", ".join(chr(34) + c + chr(34) for c in keep)} '
+                               f'FROM "{table}"').fetchall()
+            out[table] = sorted(tuple(round(v, 9) if isinstance(v, float) else v for v in row)
+                                for row in rows)
+        return out
+    finally:
+        con.close()
+
+
+def _run(topics, bootstrap, warehouse, *extra):
+    done = subprocess.run(cx360("run", "--once", "--json", "--warehouse", f"duckdb:{warehouse}",
+                                "--max-batch-records", "400", *extra,
+                                *topic_args(topics, bootstrap)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_two_processes_write_what_one_job_writes(kafka, topics, tmp_path):
+    records = stream(4_500, seed=11)
+    for kind in ("social", "web", "survey"):
+        produce(kafka, topics[kind], [(k, v) for role, k, v, _ in records if role == kind])
+    # Re-sent copies of valid events in ANOTHER partition than the original's (a key change
+    # upstream): the two copies are read by different processes in parallel mode.
+    rng = random.Random(3)
+    copies = rng.sample([r for r in records if r[3]], 60)
+    for kind in ("social", "web", "survey"):
+        mine = [(k, v) for role, k, v, _ in copies if role == kind]
+        for partition in range(3):
+            produce(kafka, topics[kind], mine[partition::3], partition=partition)
+
+    one = _run(topics, kafka.bootstrap_servers, tmp_path / "one.duckdb", "--workers", "1")
+    two = _run(topics, kafka.bootstrap_servers, tmp_path / "two.duckdb", "--workers", "2")
+    total = len(records) + len(copies)
+    assert one["records_read"] == two["records_read"] == total
+    assert len(two["batches"]) >= 2  # the ledger decides duplicates across batches, too
+    assert one["reconciled"] and two["reconciled"]
+    assert {t: v["duplicates"] for t, v in one["topics"].items()} == \
+        {t: v["duplicates"] for t, v in two["topics"].items()}
+
+    single, parallel = _dump(tmp_path / "one.duckdb"), _dump(tmp_path / "two.duckdb")
+    assert single.keys() == parallel.keys()
+    for table in single:
+        assert single[table] == parallel[table], table
+
+    # And against the produced records themselves: each valid event once, each bad record
+    # once as a dead letter.
+    # (stream() names a valid survey event's fate "s<i>"; its event id is "v<i>".)
+    valid_ids = {"v" + fate[1:] if role == "survey" else fate
+                 for role, _, _, fate in records if fate}
+    con = duckdb.connect(str(tmp_path / "two.duckdb"), read_only=True)
+    try:
+        ledger = {r[0] for r in con.execute("SELECT event_id FROM _cx360_event_ids").fetchall()}
+        counted = con.execute("SELECT sum(events) FROM event_counts WHERE window_seconds = 3600"
+                              ).fetchone()[0]
+        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    finally:
+        con.close()
+    assert ledger == valid_ids
+    assert counted == len(valid_ids)
+    assert dead == sum(1 for *_, fate in records if fate is None)
+    duplicates = sum(v["duplicates"] for v in two["topics"].values())
+    assert duplicates == total - len(valid_ids) - dead
