@@ -60,16 +60,22 @@ PLAN_AHEAD_MAX = 8
 PARALLEL_MIN_RECORDS = 20_000
 
 
-def batch_workers(config: RunConfig, batch: Batch) -> int:
-    """How many worker processes run ``batch`` (1: the single Beam job in this process)."""
-    if config.runner not in ("FnApiRunner", "DirectRunner"):
-        return 1  # a distributed runner does its own parallelism
-    if config.workers:
-        return max(1, config.workers)
-    records = sum(r.stop - r.start for r in batch.ranges)
-    if records < PARALLEL_MIN_RECORDS:
+def default_processes(runner: str, workers: int) -> int:
+    """Processes working on a large batch: ``workers`` if given, else the machine's cores
+    (at most 2) on the local runner; 1 on a distributed runner (it parallelises itself)."""
+    if runner not in ("FnApiRunner", "DirectRunner"):
         return 1
+    if workers:
+        return max(1, workers)
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def batch_workers(config: RunConfig, batch: Batch) -> int:
+    """How many processes run ``batch`` (1: the single Beam job in this process)."""
+    processes = default_processes(config.runner, config.workers)
+    if config.workers == 0 and sum(r.stop - r.start for r in batch.ranges) < PARALLEL_MIN_RECORDS:
+        return 1
+    return processes
 
 
 @dataclasses.dataclass

@@ -33,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -76,6 +76,11 @@ class SpoolWriteFn(beam.DoFn):
 
     def finish_bundle(self):
         for key, values in self._pending.items():
+            spec = TABLES.get(key[len("table-"):]) if str(key).startswith("table-") else None
+            if spec is not None and spec.merge == "add":
+                # KPI components: add up this bundle's rows per key already (the writer
+                # would), so fewer rows travel and wait in the writer's memory.
+                values = [spec.combine([row for rows in values for row in rows])]
             folder = os.path.join(self.spool, str(key))
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"{self.prefix}-{uuid.uuid4().hex}.pkl")
@@ -270,6 +275,30 @@ def _max_into(total: dict, maxima: dict) -> None:
         total[name] = max(total.get(name, value), value)
 
 
+class SpooledRows(Mapping):
+    """``{table: rows}`` of a batch, loaded from the spool when a table is asked for and not
+    kept: the writer holds one table's rows at a time, not the whole batch's."""
+
+    def __init__(self, spool: str, extra: dict[str, list[dict]]):
+        self.spool = spool
+        self.extra = extra
+
+    def __getitem__(self, table: str) -> list[dict]:
+        if table not in TABLES_WRITTEN:
+            raise KeyError(table)
+        rows = [row for part in read_spool(self.spool, f"table-{table}") for row in part]
+        if table == DEAD_LETTERS.name:
+            rows.extend(read_spool(self.spool, DEAD))
+        rows.extend(self.extra.get(table, ()))
+        return rows
+
+    def __iter__(self):
+        return iter(TABLES_WRITTEN)
+
+    def __len__(self) -> int:
+        return len(TABLES_WRITTEN)
+
+
 class _Decoding:
     """A batch whose decode phase has started: its spool, this process's share of the ranges
     (run when the batch's turn comes) and the workers' jobs."""
@@ -388,21 +417,16 @@ class ParallelBatches:
     def _write(self, batch, settings, spool: str) -> dict | None:
         """Identity stitching over the whole batch, then every row and the ledger in one
         transaction (as WriteBatchFn does for the single job)."""
-        rows: dict[str, list[dict]] = {name: [] for name in TABLES_WRITTEN}
-        for table in TABLES_WRITTEN:
-            for part in read_spool(spool, f"table-{table}"):
-                rows[table].extend(part)
-        rows[DEAD_LETTERS.name].extend(read_spool(spool, DEAD))
-        rows[BRANDS.name].extend(settings.brands)
         links = [link for part in read_spool(spool, LINKS) for link in part]
         warehouse = open_warehouse(self.config.warehouse_url)
         try:
             store = WarehouseGraphStore(warehouse)
             identity = stitch(links, store, rules_from_env(), store.erased(), batch.batch_id,
                               batch.created_ms)
-            for table, table_rows in identity.items():
-                rows[table].extend(table_rows)
-            return warehouse.write_batch(batch.batch_id, rows, TABLES)
+            del links
+            extra = {name: list(rows) for name, rows in identity.items()}
+            extra.setdefault(BRANDS.name, []).extend(settings.brands)
+            return warehouse.write_batch(batch.batch_id, SpooledRows(spool, extra), TABLES)
         finally:
             warehouse.close()
 

@@ -16,6 +16,8 @@ from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topi
                                      topics_from_args)
 
 DEFAULT_WAREHOUSE = "duckdb:data/cx360.duckdb"
+#: Default cap of offsets per partition and batch, per process working on a batch.
+DEFAULT_BATCH_RECORDS = 10_000
 RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "DataflowRunner",
            "FlinkRunner", "PortableRunner")
 
@@ -42,9 +44,11 @@ def register(sub) -> None:
                         help="window sizes, comma-separated (default 1h,1d)")
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew: events stamped further ahead are dead letters")
-    parser.add_argument("--max-batch-records", type=int, default=10_000,
+    parser.add_argument("--max-batch-records", type=int, default=None,
                         help="at most this many offsets per partition and batch (default "
-                             "10000): bounds memory; --once runs batches until caught up")
+                             "10000 per process: 20000 with the two processes of the local "
+                             "parallel mode): bounds memory; --once runs batches until "
+                             "caught up")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="continuous mode: seconds between batches when idle (default 5)")
     parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),
@@ -112,8 +116,13 @@ def build_run_config(args: argparse.Namespace):
     workers = getattr(args, "workers", 1)  # other commands (replay) share this function
     if workers < 0:
         raise UserError("--workers must be 0 (automatic) or more")
-    if args.max_batch_records is not None and args.max_batch_records < 1:
+    max_batch_records = getattr(args, "max_batch_records", None)
+    if max_batch_records is not None and max_batch_records < 1:
         raise UserError("--max-batch-records must be at least 1")
+    if max_batch_records is None and getattr(args, "once", None) is not None:  # `cx360 run`
+        from cx360.pipelines.microbatch import default_processes
+
+        max_batch_records = DEFAULT_BATCH_RECORDS * default_processes(args.runner, workers)
     try:  # fail early, in one line, on a bad URL or a locked file
         open_warehouse(args.warehouse).close()
     except WarehouseError as exc:
@@ -133,7 +142,7 @@ def build_run_config(args: argparse.Namespace):
         brands=brands, kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
         start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
-        max_batch_records=args.max_batch_records, runner=args.runner, workers=workers,
+        max_batch_records=max_batch_records, runner=args.runner, workers=workers,
         beam_args=tuple(args.beam_option))
 
 
