@@ -237,9 +237,23 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     pool = _POOL.get(workers)
     if pool is None:
         pool = _POOL[workers] = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent, initargs=(os.getpid(),))
         atexit.register(pool.shutdown, wait=True, cancel_futures=True)
     return pool
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit when the parent process is gone (killed with SIGKILL, it cannot shut
+    the pool down, and an idle worker would wait for work forever)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cx360-parent-watch", daemon=True).start()
 
 
 def split_ranges(ranges: Sequence[PartitionRange], shares: Sequence[float]
