@@ -261,8 +261,11 @@ def run_once(config: RunConfig, on_batch=None, on_batch_done=None) -> list[Batch
             LOG.warning("recovering batch %s left pending by an interrupted run: re-running "
                         "its %d offset ranges", batch.batch_id, len(batch.ranges))
         ranges = plan_ranges(config, warehouse)
+        created = 0
         while ranges:
-            created = int(time.time() * 1000)
+            # Strictly increasing clocks: pending batches are recovered in (created_ms,
+            # batch_id) order, which must be the order they were planned in.
+            created = max(int(time.time() * 1000), created + 1)
             batch = Batch(new_batch_id(created), created, "pending", ranges)
             warehouse.record_batch(batch)
             todo.append(batch)
