@@ -247,22 +247,24 @@ def test_web_sessions_conversion_bounce_revenue(con, events):
             social = first.get("utm_medium") in ("social", "paid_social") or any(
                 (first.get("referrer") or "") == h or (first.get("referrer") or "").endswith("." + h)
                 for h in SOCIAL_HOSTS)
-            key = (win(first["event_time"], DAY), brand)
+            key = (win(first["event_time"], DAY), brand, first.get("utm_source") or "(direct)",
+                   first.get("utm_campaign") or "(none)")
             c = expected[key]
             c["sessions"] += 1
+            c["viewed_product"] += "product_view" in types
+            c["added_to_cart"] += "add_to_cart" in types
             c["converted"] += converted
             c["bounced"] += bounced
             c["orders"] += len({e["order_id"] for e in s if e.get("order_id")})
             c["social"] += social
             c["social_conv"] += social and converted
             revenue[key] += sum(e.get("order_value") or 0 for e in s)
-    got = {(r["window_start"], r["brand"]): r for r in rows(con, """
-        SELECT window_start, brand, sum(sessions) AS sessions,
-               sum(converted_sessions) AS converted, sum(bounced_sessions) AS bounced,
-               sum(orders) AS orders, sum(revenue) AS revenue,
-               sum(social_referred_sessions) AS social,
-               sum(social_referred_conversions) AS social_conv
-        FROM kpi_web WHERE window_seconds = 86400 GROUP BY ALL""")}
+    dims = "window_start, brand, utm_source, utm_campaign"
+    got = {tuple(r[d] for d in dims.split(", ")): r for r in rows(con, f"""
+        SELECT {dims}, sessions, converted_sessions AS converted, bounced_sessions AS bounced,
+               orders, revenue, social_referred_sessions AS social,
+               social_referred_conversions AS social_conv, conversion_rate_pct
+        FROM kpi_web WHERE window_seconds = 86400""")}
     assert set(got) == set(expected)
     for key, c in expected.items():
         r = got[key]
@@ -270,8 +272,18 @@ def test_web_sessions_conversion_bounce_revenue(con, events):
                 r["social_conv"]) == (c["sessions"], c["converted"], c["bounced"], c["orders"],
                                       c["social"], c["social_conv"]), key
         assert r["revenue"] == pytest.approx(revenue[key])
+        assert r["conversion_rate_pct"] == pytest.approx(100 * c["converted"] / c["sessions"])
     assert sum(c["converted"] for c in expected.values()) > 0
     assert sum(c["social"] for c in expected.values()) > 0
+    # Campaigns really split the traffic: several campaigns, and sessions without one.
+    campaigns = {k[3] for k in expected}
+    assert "(none)" in campaigns and len(campaigns - {"(none)"}) >= 2
+    funnel = {tuple(r[d] for d in dims.split(", ")): r for r in rows(
+        con, f"SELECT * FROM kpi_funnel WHERE window_seconds = 86400")}
+    assert {k: (r["sessions"], r["viewed_product"], r["added_to_cart"], r["ordered"])
+            for k, r in funnel.items()} == {
+        k: (c["sessions"], c["viewed_product"], c["added_to_cart"], c["converted"])
+        for k, c in expected.items()}
 
 
 def test_survey_nps_csat_ces(con, events):
@@ -314,3 +326,179 @@ def test_aspects(con, events, scorer):
         WHERE window_seconds = 86400 GROUP BY ALL""")}
     assert got == dict(expected)
     assert len({k[2] for k in expected}) >= 3
+
+
+# -- customer journey and churn risk ----------------------------------------------------------
+# Customer keys come from the warehouse's identity_map (stitching has its own tests in
+# tests/test_identity.py); everything after the key is recomputed here from the raw events
+# with the rules of docs/identity.md.
+PHASES = ("awareness", "favorability", "consideration", "purchase", "loyalty")
+
+
+def phase_of(orders, latest_nps, positive_voice, considered, engaged):
+    promoter = latest_nps is not None and latest_nps >= 9
+    if orders >= 2 or (orders >= 1 and (promoter or positive_voice)):
+        return "loyalty"
+    if orders >= 1:
+        return "purchase"
+    if considered:
+        return "consideration"
+    if engaged:
+        return "favorability"
+    return "awareness"
+
+
+@pytest.fixture(scope="module")
+def touchpoints(con, events, scorer):
+    """One dict per event with a customer identifier: key, brand, time and journey evidence."""
+    from cx360.transforms.identity import (Pseudonymiser, implicit_key, primary_identifier,
+                                           pseudonym_key)
+
+    pseudo = Pseudonymiser(pseudonym_key())
+    keys = dict(con.execute("SELECT identifier, customer_key FROM identity_map").fetchall())
+    out = []
+    for role, raw in events:
+        e = pseudo.apply(dict(raw, _role=role))
+        identifier = primary_identifier(e)
+        if identifier is None:
+            continue
+        text = None
+        if role == "social" and e["event_type"] in ("post", "comment", "mention") \
+                and not e.get("author_is_brand"):
+            text = e.get("text")
+        elif role == "survey":
+            text = e.get("comment")
+        score = scorer.score(text, e.get("lang")) if text and text.strip() else None
+        label = score["label"] if score else None
+        kind = e.get("event_type") or ""
+        aimed = role == "social" and bool(e.get("aimed_at_brand"))
+        out.append({
+            "key": keys.get(identifier) or implicit_key(identifier), "event_id": e["event_id"],
+            "brand": e.get("brand") or "(none)", "time": e["event_time"],
+            "polarity": score["polarity"] if score else None,
+            "order_id": e.get("order_id") if role == "web" else None,
+            "nps": e["score"] if role == "survey" and e["survey_type"] == "NPS" else None,
+            "positive_voice": role == "social" and label == "positive" and kind != "reply",
+            "considered": (role == "web" and kind in ("product_view", "add_to_cart")) or aimed,
+            "engaged": (role == "social" and kind in ("like", "comment", "share"))
+                       or label == "positive" or (role == "web" and kind == "account_link"),
+        })
+    assert len(out) == rows(con, "SELECT count(*) AS n FROM customer_touchpoints")[0]["n"]
+    return out
+
+
+def journey_steps(touchpoints, size):
+    """{(customer, brand, window_start): (phase at the end of the previous active window or
+    None, phase at the end of this window)}, evidence cumulative up to each window end."""
+    by_customer = collections.defaultdict(list)
+    for t in touchpoints:
+        by_customer[(t["key"], t["brand"])].append(t)
+        by_customer[(t["key"], "(all)")].append(t)
+    steps = {}
+    for (key, brand), items in by_customer.items():
+        items.sort(key=lambda t: (t["time"], t["event_id"]))
+        windows = sorted({win(t["time"], size) for t in items})
+        previous = None
+        for start in windows:
+            upto = [t for t in items if win(t["time"], size) <= start]
+            nps = [t["nps"] for t in upto if t["nps"] is not None]
+            phase = phase_of(len({t["order_id"] for t in upto if t["order_id"]}),
+                             nps[-1] if nps else None,
+                             any(t["positive_voice"] for t in upto),
+                             any(t["considered"] for t in upto),
+                             any(t["engaged"] for t in upto))
+            steps[(key, brand, start)] = (previous, phase)
+            previous = phase
+    return steps
+
+
+@pytest.mark.parametrize("size", [HOUR, DAY])
+def test_journey_transitions(con, touchpoints, size):
+    steps = journey_steps(touchpoints, size)
+    expected = collections.Counter(
+        (start, brand, before or "(new)", after) for (_, brand, start), (before, after)
+        in steps.items())
+    got = {(r["window_start"], r["brand"], r["from_phase"], r["to_phase"]): r for r in rows(
+        con, f"SELECT * FROM kpi_journey_transitions WHERE window_seconds = {size}")}
+    assert {k: r["customers"] for k, r in got.items()} == dict(expected)
+    for (_, _, before, after), r in got.items():
+        assert r["direction"] == ("new" if before == "(new)" else "same" if before == after else
+                                  "forward" if PHASES.index(after) > PHASES.index(before)
+                                  else "back")
+    if size == HOUR:  # 8 hours of events: customers really move between phases
+        moves = collections.Counter(r["direction"] for r in got.values()
+                                    for _ in range(r["customers"]))
+        assert moves["forward"] >= 10 and moves["same"] and moves["new"]
+
+
+def test_journey_phase_counts(con, touchpoints):
+    """kpi_journey = the phase after the last window of each customer."""
+    last = {}
+    for (key, brand, start), (_, phase) in journey_steps(touchpoints, DAY).items():
+        if (key, brand) not in last or start > last[(key, brand)][0]:
+            last[(key, brand)] = (start, phase)
+    expected = collections.Counter((brand, phase) for (_, brand), (_, phase) in last.items())
+    got = {(r["brand"], r["journey_phase"]): r["customers"]
+           for r in rows(con, "SELECT * FROM kpi_journey")}
+    assert got == dict(expected)
+    assert {phase for _, phase in got} == set(PHASES)
+
+
+def test_churn_risk_distribution(con, events, touchpoints, scorer):
+    # Open complaints: customer posts aimed at a brand, labelled negative, never replied to.
+    inbound, replied = {}, set()
+    for role, e in events:
+        if role != "social":
+            continue
+        if e["event_type"] in ("post", "comment", "mention") and not e["author_is_brand"] \
+                and e["aimed_at_brand"] and e.get("brand"):
+            label = scorer.score(e["text"], e.get("lang"))["label"] if e.get("text") else "neutral"
+            inbound.setdefault((e["platform"], e["post_id"]), (e["event_id"], label))
+        if e["event_type"] == "reply" and e.get("parent_post_id"):
+            replied.add((e["platform"], e["parent_post_id"]))
+    open_ids = {event_id for k, (event_id, label) in inbound.items()
+                if label == "negative" and k not in replied}
+    as_of = max(t["time"] for t in touchpoints)
+    week = 7 * 86400_000
+    by_customer = collections.defaultdict(list)
+    for t in touchpoints:
+        by_customer[t["key"]].append(t)
+    risk = {}
+    for key, items in by_customer.items():
+        items.sort(key=lambda t: (t["time"], t["event_id"]))
+        nps = [t["nps"] for t in items if t["nps"] is not None]
+        recent = [t["polarity"] for t in items
+                  if t["polarity"] is not None and t["time"] > as_of - week]
+        before = [t["polarity"] for t in items
+                  if t["polarity"] is not None and t["time"] <= as_of - week]
+        trend = sum(recent) / len(recent) - sum(before) / len(before) \
+            if recent and before else 0
+        days = (as_of - max(t["time"] for t in items)) / 86400_000
+        score = (0.5 * min(days / 30, 1) + 0.2 * bool(nps and nps[-1] <= 6)
+                 + 0.15 * any(t["event_id"] in open_ids for t in items) + 0.15 * (trend < 0))
+        risk[key] = round(min(1.0, score), 3)
+    assert {r["customer_key"]: r["churn_risk"] for r in rows(
+        con, "SELECT customer_key, churn_risk FROM customer_360")} == pytest.approx(risk)
+    members = collections.defaultdict(set)
+    for t in touchpoints:
+        members[t["brand"]].add(t["key"])
+        members["(all)"].add(t["key"])
+    expected = {}
+    for brand, keys in members.items():
+        for key in keys:
+            band = next(b for b, upper in (("low", 0.25), ("medium", 0.5), ("high", 0.75),
+                                           ("critical", math.inf)) if risk[key] < upper)
+            n, total = expected.get((brand, band), (0, 0.0))
+            expected[(brand, band)] = (n + 1, total + risk[key])
+    got = {(r["brand"], r["risk_band"]): r for r in rows(con, "SELECT * FROM kpi_churn_risk")}
+    assert set(got) == set(expected)
+    for (brand, band), (n, total) in expected.items():
+        r = got[(brand, band)]
+        assert r["customers"] == n
+        assert r["churn_risk_sum"] == pytest.approx(total)
+        assert r["mean_churn_risk"] == pytest.approx(total / n)
+        brand_n = sum(v[0] for (b, _), v in expected.items() if b == brand)
+        brand_total = sum(v[1] for (b, _), v in expected.items() if b == brand)
+        assert r["customers_pct"] == pytest.approx(100 * n / brand_n)
+        assert r["brand_mean_churn_risk"] == pytest.approx(brand_total / brand_n)
+    assert len({band for _, band in expected}) >= 2
