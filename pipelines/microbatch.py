@@ -40,6 +40,7 @@ class RunConfig:
     start_from: str = "committed"          # committed | earliest | epoch ms, for every topic
     start_from_topic: dict = dataclasses.field(default_factory=dict)  # topic -> same, overrides
     window_sizes: tuple[int, ...] = (3600, 86400)
+    sliding: tuple[tuple[int, int], ...] = ()   # (size, period) of sliding KPI windows
     max_future_ms: int = 15 * 60 * 1000
     max_batch_records: int | None = None   # per partition; None = everything available
     runner: str = "FnApiRunner"
@@ -153,7 +154,8 @@ def job_settings(config: RunConfig, batch: Batch, topics: dict | None = None) ->
     return JobSettings(
         kafka=config.kafka, registry=config.registry, topics=topics or config.topics,
         warehouse_url=config.warehouse_url, batch_id=batch.batch_id, now_ms=batch.created_ms,
-        window_sizes=config.window_sizes, max_future_ms=config.max_future_ms,
+        window_sizes=config.window_sizes, sliding=config.sliding,
+        max_future_ms=config.max_future_ms,
         read_batch_size=config.read_batch_size, stall_timeout_s=config.stall_timeout_s,
         brands=tuple(config.brands))
 

@@ -25,6 +25,13 @@ def add_warehouse_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"warehouse URL (env CX360_WAREHOUSE; default {DEFAULT_WAREHOUSE})")
 
 
+def add_sliding_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sliding", default="",
+                        help="sliding KPI windows SIZE/PERIOD, comma-separated, e.g. 1d/1h "
+                             "(24-hour windows every hour) for the social and survey KPIs, "
+                             "in tables of their own (default: none)")
+
+
 def register(sub) -> None:
     parser = sub.add_parser("run", help="run the pipeline (--once: one batch and exit)")
     parser.add_argument("--once", action="store_true",
@@ -40,6 +47,7 @@ def register(sub) -> None:
                         help="consumer group the offsets are committed under (for lag tools)")
     parser.add_argument("--windows", default="1h,1d",
                         help="window sizes, comma-separated (default 1h,1d)")
+    add_sliding_arg(parser)
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew: events stamped further ahead are dead letters")
     parser.add_argument("--max-batch-records", type=int, default=10_000,
@@ -104,6 +112,13 @@ def build_run_config(args: argparse.Namespace):
         raise UserError("--windows needs at least one window size")
     if any(86400 % s and s % 86400 for s in sizes):
         raise UserError("window sizes must divide a day or be whole days (e.g. 15m, 1h, 1d)")
+    from cx360.transforms.windowed import parse_sliding
+
+    try:
+        families = parse_sliding(getattr(args, "sliding", "") or "", parse_duration)
+    except ValueError as exc:
+        raise UserError(f"--sliding: {exc}") from None
+    sliding = tuple(sorted({(f.size_s, f.period_s) for f in families}))
     start_from, start_from_topic = parse_start_from(args.start_from, topics_from_args(args))
     if args.max_batch_records is not None and args.max_batch_records < 1:
         raise UserError("--max-batch-records must be at least 1")
@@ -125,7 +140,7 @@ def build_run_config(args: argparse.Namespace):
     return RunConfig(
         brands=brands, kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
-        start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
+        start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, sliding=sliding, max_future_ms=max_future_ms,
         max_batch_records=args.max_batch_records, runner=args.runner,
         beam_args=tuple(args.beam_option))
 

@@ -3,6 +3,7 @@ events, with windows that span several micro-batches."""
 import collections
 import json
 import math
+import re
 import time
 from datetime import datetime, timezone
 
@@ -17,6 +18,7 @@ from kafka_helpers import produce
 
 HOUR = 3600
 DAY = 86400
+SLIDING = "1d/1h,2h/30m"   # 24-hour windows every hour; 2-hour windows every 30 minutes
 SOCIAL_HOSTS = ("instagram.com", "facebook.com", "x.com", "t.co", "twitter.com", "tiktok.com",
                 "youtube.com", "linkedin.com", "pinterest.com")
 
@@ -50,7 +52,7 @@ def pipeline_run(broker, tmp_path_factory):
                              malformed=0.02, duplicates=0.02, late=0.05, now_ms=now)
     records = list(generate(config))
     warehouse = tmp_path_factory.mktemp("kpi") / "w.duckdb"
-    args = ["run", "--once", "--json", "--max-batch-records", "250",
+    args = ["run", "--once", "--json", "--max-batch-records", "250", "--sliding", SLIDING,
             "--warehouse", f"duckdb:{warehouse}", "--bootstrap-servers", broker.bootstrap]
     for role in topics:
         args += [f"--{role.replace('_', '-')}-topic", topics[role]]
@@ -309,6 +311,79 @@ def test_survey_nps_csat_ces(con, events):
     assert {k[2] for k in groups} == {"NPS", "CSAT", "CES"}
 
 
+def sliding_windows(ms, size, period):
+    """Starts of the sliding windows of ``size`` every ``period`` containing ``ms``, by
+    brute force over every period-aligned start that could."""
+    t = ms // 1000
+    first = (t - size) // period * period
+    return [datetime.fromtimestamp(s, timezone.utc).replace(tzinfo=None)
+            for s in range(first, t + 1, period) if s <= t < s + size]
+
+
+@pytest.mark.parametrize("size,period", [(DAY, HOUR), (2 * HOUR, 1800)])
+def test_sliding_windows(con, events, scorer, size, period):
+    """Rolling mentions, sentiment and NPS: every sliding window equals a recount of the raw
+    events inside it; the fixed-window tables hold no sliding rows."""
+    social = collections.defaultdict(collections.Counter)
+    polarity = collections.defaultdict(float)
+    survey = collections.defaultdict(collections.Counter)
+    for role, e in events:
+        starts = sliding_windows(e["event_time"], size, period)
+        assert len(starts) == size // period
+        for start in starts:
+            if role == "social":
+                c = social[(start, e.get("brand") or "(none)")]
+                c["events"] += 1
+                if e["event_type"] in ("post", "comment", "mention") and not e["author_is_brand"]:
+                    c["mentions"] += 1
+                    if e.get("text"):
+                        s = scorer.score(e["text"], e.get("lang"))
+                        c["scored"] += 1
+                        c[s["label"]] += 1
+                        polarity[(start, e.get("brand") or "(none)")] += s["polarity"]
+                c["likes"] += e["event_type"] == "like"
+            elif role == "survey":
+                c = survey[(start, e["brand"], e["survey_type"])]
+                c["responses"] += 1
+                c["promoters"] += e["score"] >= 9
+                c["detractors"] += e["score"] <= 6
+                c["top2"] += e["score"] >= 4
+                c["score_sum"] += e["score"]
+    got = {(r["window_start"], r["brand"]): r for r in rows(con, f"""
+        SELECT * FROM kpi_social_sliding
+        WHERE window_seconds = {size} AND window_period_seconds = {period}""")}
+    # Every window with a social event has a row (a like alone gives a row of zeros).
+    assert set(got) == set(social)
+    for key, c in social.items():
+        r = got[key]
+        assert r["window_end"] - r["window_start"] == (
+            datetime.fromtimestamp(size) - datetime.fromtimestamp(0))
+        assert (r["mentions"], r["scored"], r["positive"], r["negative"], r["likes"]) == (
+            c["mentions"], c["scored"], c["positive"], c["negative"], c["likes"]), key
+        if c["scored"]:
+            assert r["sentiment_mean"] == pytest.approx(polarity[key] / c["scored"])
+    got = {(r["window_start"], r["brand"], r["survey_type"]): r for r in rows(con, f"""
+        SELECT * FROM kpi_survey_sliding
+        WHERE window_seconds = {size} AND window_period_seconds = {period}""")}
+    assert set(got) == set(survey)
+    for (start, brand, kind), c in survey.items():
+        r = got[(start, brand, kind)]
+        assert r["responses"] == c["responses"]
+        if kind == "NPS":
+            assert r["nps"] == pytest.approx(100 * (c["promoters"] - c["detractors"])
+                                             / c["responses"])
+        elif kind == "CSAT":
+            assert r["csat_top2_pct"] == pytest.approx(100 * c["top2"] / c["responses"])
+        else:
+            assert r["ces_mean"] == pytest.approx(c["score_sum"] / c["responses"])
+    # Windows really overlap, and the fixed tables keep only the --windows sizes.
+    assert len({k[0] for k in social}) > 8 * HOUR // period
+    assert {r["window_seconds"] for r in rows(
+        con, "SELECT DISTINCT window_seconds FROM social_kpis")} == {HOUR, DAY}
+    assert rows(con, "SELECT count(*) AS n FROM social_kpis WHERE window_seconds = 86400 "
+                     "AND window_start <> date_trunc('day', window_start)")[0]["n"] == 0
+
+
 def test_aspects(con, events, scorer):
     expected = collections.Counter()
     for role, e in events:
@@ -502,3 +577,18 @@ def test_churn_risk_distribution(con, events, touchpoints, scorer):
         assert r["customers_pct"] == pytest.approx(100 * n / brand_n)
         assert r["brand_mean_churn_risk"] == pytest.approx(brand_total / brand_n)
     assert len({band for _, band in expected}) >= 2
+
+
+def test_every_kpi_view_has_rows_and_is_documented(con):
+    import pathlib
+
+    views = [r["view_name"] for r in rows(con, """
+        SELECT view_name FROM duckdb_views() WHERE NOT internal AND view_name LIKE 'kpi\\_%' ESCAPE '\\'
+        ORDER BY view_name""")]
+    assert {"kpi_social", "kpi_web", "kpi_funnel", "kpi_survey", "kpi_journey",
+            "kpi_journey_transitions", "kpi_churn_risk", "kpi_social_sliding",
+            "kpi_survey_sliding"} <= set(views)
+    empty = [v for v in views if not rows(con, f"SELECT count(*) AS n FROM {v}")[0]["n"]]
+    assert empty == []
+    catalogue = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "kpis.md").read_text()
+    assert [v for v in views if not re.search(rf"`{v}[`.]", catalogue)] == []

@@ -177,6 +177,49 @@ SELECT *,
        comment_polarity_sum / NULLIF(comments, 0) AS comment_sentiment_mean
 FROM s;
 
+-- Sliding windows (`cx360 run --sliding 1d/1h`): the same KPIs over windows of window_seconds
+-- starting every window_period_seconds, from tables of their own (an event is in several
+-- overlapping windows, so these rows must never be summed with each other or with the fixed
+-- windows). Roll-ups across dimensions within one window are still ratios of sums.
+CREATE OR REPLACE VIEW kpi_social_sliding AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand,
+           sum(mentions) AS mentions, sum(ugc_posts) AS ugc_posts, sum(inbound) AS inbound,
+           sum(scored) AS scored, sum(positive) AS positive, sum(neutral) AS neutral,
+           sum(negative) AS negative, sum(polarity_sum) AS polarity_sum,
+           sum(brand_posts) AS brand_posts, sum(brand_replies) AS brand_replies,
+           sum(brand_post_reach) AS brand_post_reach, sum(likes) AS likes,
+           sum(shares) AS shares, sum(comments) AS comments
+    FROM social_kpis_sliding
+    GROUP BY window_start, window_end, window_seconds, window_period_seconds, brand)
+SELECT *, polarity_sum / NULLIF(scored, 0) AS sentiment_mean,
+       100.0 * positive / NULLIF(scored, 0) AS positive_share_pct,
+       100.0 * negative / NULLIF(scored, 0) AS negative_share_pct,
+       likes + shares + comments AS interactions,
+       100.0 * (likes + shares + comments) / NULLIF(brand_post_reach, 0) AS engagement_rate_pct
+FROM s;
+
+CREATE OR REPLACE VIEW kpi_survey_sliding AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand, survey_type,
+           sum(responses) AS responses, sum(score_sum) AS score_sum,
+           sum(promoters) AS promoters, sum(passives) AS passives,
+           sum(detractors) AS detractors, sum(top2) AS top2, sum(agree) AS agree,
+           sum(comments) AS comments, sum(comment_positive) AS comment_positive,
+           sum(comment_negative) AS comment_negative,
+           sum(comment_polarity_sum) AS comment_polarity_sum
+    FROM survey_kpis_sliding
+    GROUP BY window_start, window_end, window_seconds, window_period_seconds, brand,
+             survey_type)
+SELECT *,
+       CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
+       CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
+       CASE WHEN survey_type = 'CSAT' THEN 1.0 * score_sum / responses END AS csat_mean,
+       CASE WHEN survey_type = 'CES' THEN 1.0 * score_sum / responses END AS ces_mean,
+       CASE WHEN survey_type = 'CES' THEN 100.0 * agree / responses END AS ces_agree_pct,
+       comment_polarity_sum / NULLIF(comments, 0) AS comment_sentiment_mean
+FROM s;
+
 -- What customers talk about: CX aspects by sentiment.
 CREATE OR REPLACE VIEW kpi_aspects AS
 SELECT window_start, window_end, window_seconds, source, brand, aspect,
