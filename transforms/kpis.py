@@ -41,7 +41,8 @@ class _Adder:
         if row is None:
             row = self.rows[key] = make()
         for name, value in increments.items():
-            row[name] += value
+            if value:
+                row[name] += value
 
     def values(self) -> list[dict]:
         return list(self.rows.values())
@@ -59,6 +60,29 @@ def sliding_starts(event_time_ms: int, size_s: int, period_s: int) -> range:
     the epoch) that contain ``event_time_ms``: ``size_s / period_s`` of them."""
     latest = window_start_ms(event_time_ms, period_s)
     return range(latest - (size_s - period_s) * 1000, latest + 1, period_s * 1000)
+
+
+def _spread_panes(panes: list[dict], counters: tuple[str, ...]) -> list[dict]:
+    """Pane rows (components of one period-long slice, ``window_start`` = the pane's start)
+    -> rows of every sliding window covering the pane (windows start at period multiples, so
+    a window holds whole panes), components summed per window and dimensions."""
+    windows: dict[tuple[int, int], dict] = {}
+    dim_ids: dict[tuple, int] = {}   # a tuple's hash is not cached: hash the dimensions once
+    for pane in panes:
+        size, period = pane["window_seconds"], pane["window_period_seconds"]
+        dims = tuple((k, v) for k, v in pane.items()
+                     if k not in counters and k not in ("window_start", "window_end"))
+        dim_id = dim_ids.setdefault(dims, len(dim_ids))
+        nonzero = [(c, pane[c]) for c in counters if pane[c]]
+        for start in sliding_starts(pane["window_start"], size, period):
+            row = windows.get((start, dim_id))
+            if row is None:
+                row = windows[(start, dim_id)] = dict(dims, window_start=start,
+                                                    window_end=start + size * 1000,
+                                                    **dict.fromkeys(counters, 0))
+            for name, value in nonzero:
+                row[name] += value
+    return list(windows.values())
 
 
 SOCIAL_COUNTERS = ("mentions", "ugc_posts", "inbound", "scored", "positive", "neutral",
@@ -87,12 +111,15 @@ class KpiComputer:
         self.scorer = scorer
 
     def _windows(self, event_time: int) -> Iterable[tuple[int, int | None, int]]:
-        """(size, period, start) of every window of an event: fixed ones with period None."""
+        """(size, period, start) of every fixed window of an event (period None), and per
+        sliding family the start of its *pane*: the period-long slice holding the event.
+        Components are summed per pane first and spread to the size/period windows covering
+        the pane afterwards (:func:`_spread_panes`), so the per-event cost does not grow with
+        the number of overlapping windows."""
         for size in self.sizes:
             yield size, None, window_start_ms(event_time, size)
         for size, period in self.sliding:
-            for start in sliding_starts(event_time, size, period):
-                yield size, period, start
+            yield size, period, window_start_ms(event_time, period)
 
     def rows(self, events: Iterable[dict]) -> dict[str, list[dict]]:
         social, voice, aspects, survey = _Adder(), _Adder(), _Adder(), _Adder()
@@ -107,11 +134,15 @@ class KpiComputer:
                 web.append(self._web(event))
         social_rows, survey_rows = social.values(), survey.values()
         return {"social_kpis": [r for r in social_rows if "window_period_seconds" not in r],
-                "social_kpis_sliding": [r for r in social_rows if "window_period_seconds" in r],
+                "social_kpis_sliding": _spread_panes(
+                    [r for r in social_rows if "window_period_seconds" in r],
+                    SOCIAL_COUNTERS + ("polarity_sum",)),
                 "share_of_voice_counts": voice.values(),
                 "aspect_mentions": aspects.values(),
                 "survey_kpis": [r for r in survey_rows if "window_period_seconds" not in r],
-                "survey_kpis_sliding": [r for r in survey_rows if "window_period_seconds" in r],
+                "survey_kpis_sliding": _spread_panes(
+                    [r for r in survey_rows if "window_period_seconds" in r],
+                    SURVEY_COUNTERS + ("comment_polarity_sum",)),
                 "inbound_posts": inbound, "brand_replies": replies, "web_events": web}
 
     # -- social ----------------------------------------------------------------------------
