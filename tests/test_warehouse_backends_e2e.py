@@ -151,4 +151,21 @@ def test_every_view_gives_the_same_answer_as_duckdb(runs, other):
             assert expected, view  # the stream exercises every view
             got = snapshot(wh, view)
             assert len(got) == len(expected), view
-            assert [r for r in got if r not in expected] == [], view
+            missing = [r for r in got if r not in expected]
+            nearest = [min(expected, key=lambda e: sum(a != b for a, b in zip(e, r)))
+                       for r in missing[:1]]
+            assert [[(a, b) for a, b in zip(r, e) if a != b] for r, e in zip(missing, nearest)
+                    ] == [], view
+
+
+@pytest.mark.parametrize("other", ["postgres", "bigquery"])
+def test_the_report_shows_the_same_numbers_from_every_backend(runs, other):
+    from cx360.pipelines.report_cmd import load, render
+
+    pages = {}
+    for name in ("duckdb", other):
+        with open_warehouse(runs[name][0], read_only=True) as wh:
+            data = load(wh, [], None)
+            assert data.sentiment and data.nps and data.funnel[0][1] > 0
+            pages[name] = render(data, "same", 0)
+    assert pages[other] == pages["duckdb"]

@@ -7,7 +7,10 @@
 --   bool_or(c)                      -> LOGICAL_OR(c);  any_value -> ANY_VALUE
 --   epoch_ms(t)                     -> UNIX_MILLIS(t)
 --   time_bucket(to_seconds(s), t, TIMESTAMP '1970-01-01')
---                                   -> TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(t), s * 1000) * s * 1000)
+--                                   -> TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00',
+--                                        INTERVAL DIV(UNIX_SECONDS(t), s) * s SECOND)
+--                                      (not TIMESTAMP_MILLIS: the emulator then returns
+--                                      millisecond timestamps it cannot convert)
 --   + to_seconds(s)                 -> TIMESTAMP_ADD(..., INTERVAL s SECOND)
 --   quantile_cont(x, q)             -> PERCENTILE_CONT(x, q) OVER (PARTITION BY the group) in a
 --                                      subquery, then ANY_VALUE (it is analytic-only here)
@@ -76,8 +79,7 @@ LEFT JOIN (SELECT platform, parent_post_id, MIN(reply_time) AS first_reply_time
 
 CREATE OR REPLACE VIEW `${dataset}.kpi_response` AS
 WITH f AS (
-    SELECT TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(f.inbound_time), w.window_seconds * 1000)
-                            * w.window_seconds * 1000) AS window_start,
+    SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(f.inbound_time), w.window_seconds) * w.window_seconds SECOND) AS window_start,
            w.window_seconds, f.brand, f.platform, f.first_reply_time, f.response_minutes,
            f.label
     FROM `${dataset}.brand_response_facts` f CROSS JOIN `${dataset}._cx360_window_sizes` w),
@@ -148,10 +150,8 @@ SELECT *,
 FROM `${dataset}.web_sessions`;
 
 CREATE OR REPLACE VIEW `${dataset}.kpi_web` AS
-SELECT TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(s.session_start), w.window_seconds * 1000)
-                        * w.window_seconds * 1000) AS window_start,
-       TIMESTAMP_ADD(TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(s.session_start), w.window_seconds * 1000)
-                                      * w.window_seconds * 1000),
+SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(s.session_start), w.window_seconds) * w.window_seconds SECOND) AS window_start,
+       TIMESTAMP_ADD(TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(s.session_start), w.window_seconds) * w.window_seconds SECOND),
                      INTERVAL w.window_seconds SECOND) AS window_end,
        w.window_seconds, s.brand, COALESCE(s.utm_source, '(direct)') AS utm_source,
        COUNT(*) AS sessions,
@@ -166,8 +166,7 @@ FROM `${dataset}.web_sessions_enriched` s CROSS JOIN `${dataset}._cx360_window_s
 GROUP BY 1, 2, 3, 4, 5;
 
 CREATE OR REPLACE VIEW `${dataset}.kpi_funnel` AS
-SELECT TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(s.session_start), w.window_seconds * 1000)
-                        * w.window_seconds * 1000) AS window_start,
+SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(s.session_start), w.window_seconds) * w.window_seconds SECOND) AS window_start,
        w.window_seconds, s.brand,
        COUNT(*) AS sessions,
        COUNTIF(s.viewed_product) AS viewed_product,

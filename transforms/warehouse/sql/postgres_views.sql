@@ -12,6 +12,7 @@
 --   regexp_matches(s, re)           -> s ~ re;  INTERVAL 30 MINUTE -> INTERVAL '30 minutes'
 --   any_value(x)                    -> max(x) (one value per group there)
 --   MACROs                          -> SQL functions (cx360_*), created below
+--   ORDER BY text                   -> ORDER BY text COLLATE "C" (byte order, as DuckDB)
 -- Sessions run with TimeZone=UTC, so TIMESTAMPTZ buckets are UTC buckets as in DuckDB.
 
 CREATE OR REPLACE FUNCTION cx360_epoch_ms(t timestamptz) RETURNS double precision
@@ -122,14 +123,14 @@ DROP VIEW IF EXISTS web_sessions CASCADE;
 CREATE VIEW web_sessions AS
 WITH ordered AS (
     SELECT *, lag(event_time) OVER (PARTITION BY brand, cookie_id
-                                    ORDER BY event_time, event_id) AS prev_time
+                                    ORDER BY event_time, event_id COLLATE "C") AS prev_time
     FROM web_events),
 marked AS (
     SELECT *, CASE WHEN prev_time IS NULL OR event_time - prev_time > INTERVAL '30 minutes'
                    THEN 1 ELSE 0 END AS starts
     FROM ordered),
 numbered AS (
-    SELECT *, sum(starts) OVER (PARTITION BY brand, cookie_id ORDER BY event_time, event_id
+    SELECT *, sum(starts) OVER (PARTITION BY brand, cookie_id ORDER BY event_time, event_id COLLATE "C"
                                 ROWS UNBOUNDED PRECEDING) AS session_no
     FROM marked)
 SELECT brand, cookie_id, session_no,
@@ -141,11 +142,11 @@ SELECT brand, cookie_id, session_no,
        bool_or(event_type = 'order') AS converted,
        count(DISTINCT order_id) AS orders,
        coalesce(sum(order_value), 0) AS revenue,
-       (array_agg(referrer ORDER BY event_time, event_id))[1] AS landing_referrer,
-       (array_agg(utm_source ORDER BY event_time, event_id))[1] AS utm_source,
-       (array_agg(utm_medium ORDER BY event_time, event_id))[1] AS utm_medium,
-       (array_agg(utm_campaign ORDER BY event_time, event_id))[1] AS utm_campaign,
-       (array_agg(device ORDER BY event_time, event_id))[1] AS device,
+       (array_agg(referrer ORDER BY event_time, event_id COLLATE "C"))[1] AS landing_referrer,
+       (array_agg(utm_source ORDER BY event_time, event_id COLLATE "C"))[1] AS utm_source,
+       (array_agg(utm_medium ORDER BY event_time, event_id COLLATE "C"))[1] AS utm_medium,
+       (array_agg(utm_campaign ORDER BY event_time, event_id COLLATE "C"))[1] AS utm_campaign,
+       (array_agg(device ORDER BY event_time, event_id COLLATE "C"))[1] AS device,
        max(account_id) AS account_id
 FROM numbered GROUP BY brand, cookie_id, session_no;
 
@@ -233,7 +234,7 @@ WITH t AS (
            survey_type, score, aimed_at_brand FROM customer_touchpoints_keyed)
 SELECT customer_key, brand,
        count(DISTINCT order_id) AS orders,
-       coalesce((array_agg(score ORDER BY event_time DESC, event_id DESC)
+       coalesce((array_agg(score ORDER BY event_time DESC, event_id COLLATE "C" DESC)
                  FILTER (WHERE survey_type = 'NPS'))[1] >= 9, false) AS promoter,
        coalesce(bool_or(channel = 'social' AND label = 'positive'
                         AND touchpoint NOT LIKE '%:reply'), false) AS positive_voice,
@@ -265,16 +266,16 @@ CREATE VIEW customer_360 AS
 WITH t AS (SELECT * FROM customer_touchpoints_keyed),
 as_of AS (SELECT max(event_time) AS as_of FROM customer_touchpoints),
 ids AS (
-    SELECT customer_key, array_agg(DISTINCT identifier ORDER BY identifier) AS identifiers
+    SELECT customer_key, array_agg(DISTINCT identifier COLLATE "C" ORDER BY identifier COLLATE "C") AS identifiers
     FROM (SELECT customer_key, identifier FROM identity_map
           UNION SELECT customer_key, identifier FROM t) u
     GROUP BY customer_key),
 by_channel AS (
-    SELECT customer_key, string_agg(channel || '=' || n, ', ' ORDER BY channel) AS channels
+    SELECT customer_key, string_agg(channel || '=' || n, ', ' ORDER BY channel COLLATE "C") AS channels
     FROM (SELECT customer_key, channel, count(*) AS n FROM t GROUP BY 1, 2) c
     GROUP BY customer_key),
 by_touchpoint AS (
-    SELECT customer_key, string_agg(touchpoint || '=' || n, ', ' ORDER BY touchpoint)
+    SELECT customer_key, string_agg(touchpoint || '=' || n, ', ' ORDER BY touchpoint COLLATE "C")
                AS touchpoints
     FROM (SELECT customer_key, touchpoint, count(*) AS n FROM t GROUP BY 1, 2) p
     GROUP BY customer_key),
@@ -290,13 +291,13 @@ agg AS (
            min(event_time) AS first_seen, max(event_time) AS last_seen,
            count(DISTINCT order_id) AS orders,
            coalesce(sum(order_value) FILTER (WHERE touchpoint = 'web:order'), 0) AS revenue,
-           (array_agg(score ORDER BY event_time DESC, event_id DESC)
+           (array_agg(score ORDER BY event_time DESC, event_id COLLATE "C" DESC)
                FILTER (WHERE survey_type = 'NPS'))[1] AS nps_latest,
            avg(score) FILTER (WHERE survey_type = 'NPS') AS nps_avg,
-           (array_agg(score ORDER BY event_time DESC, event_id DESC)
+           (array_agg(score ORDER BY event_time DESC, event_id COLLATE "C" DESC)
                FILTER (WHERE survey_type = 'CSAT'))[1] AS csat_latest,
            avg(score) FILTER (WHERE survey_type = 'CSAT') AS csat_avg,
-           (array_agg(score ORDER BY event_time DESC, event_id DESC)
+           (array_agg(score ORDER BY event_time DESC, event_id COLLATE "C" DESC)
                FILTER (WHERE survey_type = 'CES'))[1] AS ces_latest,
            avg(score) FILTER (WHERE survey_type = 'CES') AS ces_avg,
            avg(polarity) FILTER (WHERE event_time > a.as_of - INTERVAL '7 days')
