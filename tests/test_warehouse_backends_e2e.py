@@ -169,3 +169,33 @@ def test_the_report_shows_the_same_numbers_from_every_backend(runs, other):
             assert data.sentiment and data.nps and data.funnel[0][1] > 0
             pages[name] = render(data, "same", 0)
     assert pages[other] == pages["duckdb"]
+
+
+def test_the_sink_turns_rows_bigquery_rejects_into_dead_letters(bigquery_emulator):
+    from cx360.transforms.decode import pack_events
+    from cx360.transforms.kafka_io import PartitionRange
+    from cx360.transforms.warehouse import Batch
+    from cx360.transforms.warehouse.sink import WriteBatchFn
+
+    url = f"bigquery://{bigquery_emulator.project}/sink?endpoint={bigquery_emulator.endpoint}"
+    good = {"window_start": 0, "window_end": 3_600_000, "window_seconds": 3600,
+            "event_kind": "social", "topic": "t", "event_type": "post", "brand": "b",
+            "channel": "x", "events": 2}
+    bad = dict(good, brand="c", events="many")  # BigQuery cannot store it in an INT64
+    fn = WriteBatchFn(url, "b1", ["event_counts", "dead_letters"])
+    fn.setup()
+    try:
+        fn._warehouse.record_batch(Batch("b1", 1, "pending", [PartitionRange("t", 0, 0, 2)]))
+        [written] = list(fn.process(("batch", [("event_counts", pack_events([good, bad]))])))
+        # 2 rows produced = 1 written + 1 rejected; the rejected one is 1 dead letter.
+        assert written == {"event_counts": 1, "dead_letters": 1}
+        wh = fn._warehouse
+        assert wh.query("SELECT brand, events FROM event_counts") == [("b", 2)]
+        [(stage, reason, detail, topic, value)] = wh.query(
+            "SELECT stage, reason, detail, topic, value FROM dead_letters")
+        assert (stage, reason, topic) == ("write", "bigquery:invalid", "warehouse:event_counts")
+        assert detail == "Cannot convert value to integer (bad value): many"
+        assert json.loads(value)["brand"] == "c" and json.loads(value)["events"] == "many"
+        assert [b.status for b in wh.batches()] == ["applied"]
+    finally:
+        fn.teardown()
