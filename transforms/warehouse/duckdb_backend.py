@@ -214,6 +214,12 @@ class DuckDBWarehouse(Warehouse):
         with self._lock:
             return self.con.execute(sql, list(params)).fetchall()
 
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        with self._lock:
+            cursor = self.con.execute(sql, list(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
     def close(self) -> None:
         con, self.con = getattr(self, "con", None), None
         if con is not None:
