@@ -63,6 +63,8 @@ class BatchResult:
     seconds: float
     event_time_max: dict[str, int] = dataclasses.field(default_factory=dict)  # topic -> ms
     health: list[dict] = dataclasses.field(default_factory=list)  # pipeline_health rows
+    # table -> rows the warehouse refused one by one (BigQuery); written as dead letters
+    rows_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -180,6 +182,7 @@ def run_batch(config: RunConfig, batch: Batch) -> BatchResult:
         duplicates=_by_topic(counters, "cx360.dedupe/duplicates:"),
         dead_letters=dict(dead),
         rows_written=_by_topic(counters, "cx360.write/rows_written:"),
+        rows_rejected=_by_topic(counters, "cx360.write/rows_rejected:"),
         already_applied=counters.get("cx360.write/batches_already_applied", 0) > 0,
         seconds=time.monotonic() - started,
         event_time_max=_distribution_max(result, "cx360.dedupe/event_time_ms:"))

@@ -170,9 +170,13 @@ def summarize(results, elapsed: float, warehouse_url: str) -> dict:
     for r in results:
         for table, n in r.rows_written.items():
             rows[table] = rows.get(table, 0) + n
+    rejected: dict[str, int] = {}
+    for r in results:
+        for table, n in r.rows_rejected.items():
+            rejected[table] = rejected.get(table, 0) + n
     total = sum(v["read"] for v in per_topic.values())
     return {"batches": [r.batch_id for r in results], "topics": per_topic,
-            "rows_written": rows, "records_read": total,
+            "rows_written": rows, "rows_rejected": rejected, "records_read": total,
             "reconciled": all(v["reconciled"] for v in per_topic.values()),
             "elapsed_s": round(elapsed, 2),
             "records_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
@@ -195,6 +199,10 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
             print(f"  {topic:<26}{reason:<22}{n:>7}", file=out)
     rows = ", ".join(f"{t} {n}" for t, n in sorted(summary["rows_written"].items()))
     print(f"rows written: {rows or 'none'}", file=out)
+    if summary.get("rows_rejected"):
+        refused = ", ".join(f"{t} {n}" for t, n in sorted(summary["rows_rejected"].items()))
+        print(f"rows refused by the warehouse (now dead letters, stage 'write'): {refused}",
+              file=out)
     print("reconciliation (read = accepted + dead letters): "
           + ("OK" if summary["reconciled"] else "MISMATCH"), file=out)
     rate = summary["records_per_s"]

@@ -128,8 +128,11 @@ def redact_dead_letter(row: dict) -> dict:
             out[name] = None
             out[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
             if name == "value":
+                # NUL becomes U+FFFD too: PostgreSQL TEXT cannot hold it (the bytes are kept
+                # on the dead-letter topic).
                 out["value_redacted"] = PHONE_RE.sub(
-                    b"<phone>", EMAIL_RE.sub(b"<email>", data)).decode("utf-8", "replace")
+                    b"<phone>", EMAIL_RE.sub(b"<email>", data)).decode(
+                        "utf-8", "replace").replace("\x00", "\ufffd")
     detail = row.get("detail")
     if detail and contains_personal_data(detail.encode("utf-8", "replace")):
         out["detail"] = PHONE_RE.sub(b"<phone>", EMAIL_RE.sub(
@@ -398,7 +401,7 @@ class WarehouseGraphStore:
         self.warehouse = warehouse
 
     def links_touching(self, identifiers):
-        cols = ("id_a", "id_b", "epoch_ms(first_seen)")
+        cols = ("id_a", "id_b", self.warehouse.epoch_ms_sql("first_seen"))  # any dialect
         found = set(self.warehouse.select_where_in("identity_links", "id_a", identifiers, cols))
         found |= set(self.warehouse.select_where_in("identity_links", "id_b", identifiers, cols))
         return sorted((a, b, int(t)) for a, b, t in found)

@@ -94,7 +94,9 @@ import json
 import logging
 import math
 import os
+import pathlib
 import random
+import re
 import time
 import urllib.parse
 from typing import Callable, Iterable, Sequence
@@ -299,6 +301,19 @@ def _param(name: str | None, value) -> bigquery.ScalarQueryParameter | bigquery.
 
 def bq_quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def view_statements(dataset: str) -> list[str]:
+    """The CREATE VIEW statements of sql/bigquery_views.sql for ``project.dataset``."""
+    text = (pathlib.Path(__file__).resolve().parent / "sql" / "bigquery_views.sql").read_text()
+    text = text.replace("${dataset}", dataset)
+    statements = []
+    for chunk in re.split(r";[ \t]*\n", text):
+        body = "\n".join(line for line in chunk.splitlines()
+                         if not line.lstrip().startswith("--")).strip()
+        if body:
+            statements.append(body)
+    return statements
 
 
 # -- URL --------------------------------------------------------------------------------------
@@ -770,6 +785,22 @@ END IF;"""
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         rows, _ = self._job(sql, [_param(None, p) for p in params])
         return [tuple(r.values()) for r in rows]
+
+    def ensure_views(self) -> None:
+        """(Re)create the KPI views (sql/bigquery_views.sql), one query job per view, in file
+        order (a view's dependencies come before it)."""
+        for statement in view_statements(self.dataset):
+            self._job(statement)
+
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        rows, _ = self._job(sql, [_param(None, p) for p in params])
+        return [dict(r.items()) for r in rows]
+
+    def epoch_ms_sql(self, column: str) -> str:
+        return f"UNIX_MILLIS({column})"
+
+    def quote(self, name: str) -> str:
+        return bq_quote(name)
 
     def close(self) -> None:
         client, self.client = getattr(self, "client", None), None
