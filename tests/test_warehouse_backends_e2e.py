@@ -72,7 +72,7 @@ def snapshot(warehouse, name: str) -> list[tuple]:
 
 def run_once(broker, topics, url, group, *extra):
     args = ["run", "--once", "--json", "--warehouse", url, "--group-id", group,
-            "--bootstrap-servers", broker.bootstrap, *extra]
+            "--bootstrap-servers", broker.bootstrap, "--sliding", "1d/1h", *extra]
     for role, topic in topics.items():
         args += [f"--{role.replace('_', '-')}-topic", topic]
     done = cli(*args, timeout=900)

@@ -154,6 +154,7 @@ SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECON
        TIMESTAMP_ADD(TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(s.session_start), w.window_seconds) * w.window_seconds SECOND),
                      INTERVAL w.window_seconds SECOND) AS window_end,
        w.window_seconds, s.brand, COALESCE(s.utm_source, '(direct)') AS utm_source,
+       COALESCE(s.utm_campaign, '(none)') AS utm_campaign,
        COUNT(*) AS sessions,
        COUNTIF(s.converted) AS converted_sessions,
        100.0 * COUNTIF(s.converted) / COUNT(*) AS conversion_rate_pct,
@@ -163,17 +164,18 @@ SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECON
        COUNTIF(s.social_referred) AS social_referred_sessions,
        COUNTIF(s.social_referred AND s.converted) AS social_referred_conversions
 FROM `${dataset}.web_sessions_enriched` s CROSS JOIN `${dataset}._cx360_window_sizes` w
-GROUP BY 1, 2, 3, 4, 5;
+GROUP BY 1, 2, 3, 4, 5, 6;
 
 CREATE OR REPLACE VIEW `${dataset}.kpi_funnel` AS
 SELECT TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(s.session_start), w.window_seconds) * w.window_seconds SECOND) AS window_start,
-       w.window_seconds, s.brand,
+       w.window_seconds, s.brand, COALESCE(s.utm_source, '(direct)') AS utm_source,
+       COALESCE(s.utm_campaign, '(none)') AS utm_campaign,
        COUNT(*) AS sessions,
        COUNTIF(s.viewed_product) AS viewed_product,
        COUNTIF(s.added_to_cart) AS added_to_cart,
        COUNTIF(s.converted) AS ordered
 FROM `${dataset}.web_sessions_enriched` s CROSS JOIN `${dataset}._cx360_window_sizes` w
-GROUP BY 1, 2, 3;
+GROUP BY 1, 2, 3, 4, 5;
 
 CREATE OR REPLACE VIEW `${dataset}.kpi_survey` AS
 WITH s AS (
@@ -185,6 +187,43 @@ WITH s AS (
            SUM(comment_negative) AS comment_negative,
            SUM(comment_polarity_sum) AS comment_polarity_sum
     FROM `${dataset}.survey_kpis` GROUP BY 1, 2, 3, 4, 5)
+SELECT *,
+       CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
+       CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
+       CASE WHEN survey_type = 'CSAT' THEN score_sum / responses END AS csat_mean,
+       CASE WHEN survey_type = 'CES' THEN score_sum / responses END AS ces_mean,
+       CASE WHEN survey_type = 'CES' THEN 100.0 * agree / responses END AS ces_agree_pct,
+       comment_polarity_sum / NULLIF(comments, 0) AS comment_sentiment_mean
+FROM s;
+
+-- Sliding windows (`cx360 run --sliding`): see duckdb_views.sql.
+CREATE OR REPLACE VIEW `${dataset}.kpi_social_sliding` AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand,
+           SUM(mentions) AS mentions, SUM(ugc_posts) AS ugc_posts, SUM(inbound) AS inbound,
+           SUM(scored) AS scored, SUM(positive) AS positive, SUM(neutral) AS neutral,
+           SUM(negative) AS negative, SUM(polarity_sum) AS polarity_sum,
+           SUM(brand_posts) AS brand_posts, SUM(brand_replies) AS brand_replies,
+           SUM(brand_post_reach) AS brand_post_reach, SUM(likes) AS likes,
+           SUM(shares) AS shares, SUM(comments) AS comments
+    FROM `${dataset}.social_kpis_sliding` GROUP BY 1, 2, 3, 4, 5)
+SELECT *, polarity_sum / NULLIF(scored, 0) AS sentiment_mean,
+       100.0 * positive / NULLIF(scored, 0) AS positive_share_pct,
+       100.0 * negative / NULLIF(scored, 0) AS negative_share_pct,
+       likes + shares + comments AS interactions,
+       100.0 * (likes + shares + comments) / NULLIF(brand_post_reach, 0) AS engagement_rate_pct
+FROM s;
+
+CREATE OR REPLACE VIEW `${dataset}.kpi_survey_sliding` AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand, survey_type,
+           SUM(responses) AS responses, SUM(score_sum) AS score_sum,
+           SUM(promoters) AS promoters, SUM(passives) AS passives,
+           SUM(detractors) AS detractors, SUM(top2) AS top2, SUM(agree) AS agree,
+           SUM(comments) AS comments, SUM(comment_positive) AS comment_positive,
+           SUM(comment_negative) AS comment_negative,
+           SUM(comment_polarity_sum) AS comment_polarity_sum
+    FROM `${dataset}.survey_kpis_sliding` GROUP BY 1, 2, 3, 4, 5, 6)
 SELECT *,
        CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
        CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
@@ -212,6 +251,25 @@ SELECT t.*, COALESCE(m.customer_key,
                 AS customer_key
 FROM `${dataset}.customer_touchpoints` t
 LEFT JOIN `${dataset}.identity_map` m USING (identifier);
+
+-- What each touchpoint proves about the journey, per brand and '(all)' (see duckdb_views.sql).
+CREATE OR REPLACE VIEW `${dataset}.customer_touchpoint_evidence` AS
+WITH t AS (
+    SELECT customer_key, brand, event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM `${dataset}.customer_touchpoints_keyed`
+    UNION ALL
+    SELECT customer_key, '(all)', event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM `${dataset}.customer_touchpoints_keyed`)
+SELECT customer_key, brand, event_id, event_time, order_id,
+       CASE WHEN survey_type = 'NPS' THEN score END AS nps_score,
+       COALESCE(channel = 'social' AND label = 'positive' AND touchpoint NOT LIKE '%:reply',
+                FALSE) AS positive_voice,
+       COALESCE(touchpoint IN ('web:product_view', 'web:add_to_cart')
+                OR (channel = 'social' AND aimed_at_brand), FALSE) AS considered,
+       COALESCE(touchpoint LIKE '%:like' OR touchpoint LIKE '%:comment'
+                OR touchpoint LIKE '%:share' OR label = 'positive'
+                OR touchpoint = 'web:account_link', FALSE) AS engaged
+FROM t;
 
 CREATE OR REPLACE VIEW `${dataset}.customer_journey_evidence` AS
 WITH t AS (
@@ -250,6 +308,95 @@ SELECT brand, journey_phase,
        COUNT(*) AS customers,
        100.0 * COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY brand) AS customers_pct
 FROM `${dataset}.customer_journey` GROUP BY brand, journey_phase;
+
+-- Phase per customer as of every window end with a touchpoint (see duckdb_views.sql). The
+-- newest NPS answer of a window is picked with ROW_NUMBER; the phase CASE is the macro inlined.
+CREATE OR REPLACE VIEW `${dataset}.customer_journey_steps` AS
+WITH e AS (
+    SELECT ev.*, w.window_seconds,
+           TIMESTAMP_ADD(TIMESTAMP '1970-01-01 00:00:00+00', INTERVAL DIV(UNIX_SECONDS(ev.event_time), w.window_seconds) * w.window_seconds SECOND) AS window_start
+    FROM `${dataset}.customer_touchpoint_evidence` ev
+    CROSS JOIN `${dataset}._cx360_window_sizes` w),
+new_orders AS (
+    SELECT customer_key, brand, window_seconds, window_start, COUNT(*) AS new_orders
+    FROM (SELECT customer_key, brand, window_seconds, order_id, MIN(window_start) AS window_start
+          FROM e WHERE order_id IS NOT NULL GROUP BY 1, 2, 3, 4)
+    GROUP BY 1, 2, 3, 4),
+nps_ranked AS (
+    SELECT customer_key, brand, window_seconds, window_start, nps_score,
+           ROW_NUMBER() OVER (PARTITION BY customer_key, brand, window_seconds, window_start
+                              ORDER BY event_time DESC, event_id DESC) AS rn
+    FROM e WHERE nps_score IS NOT NULL),
+per_window AS (
+    SELECT customer_key, brand, window_seconds, window_start,
+           MAX(IF(positive_voice, 1, 0)) AS positive_voice,
+           MAX(IF(considered, 1, 0)) AS considered,
+           MAX(IF(engaged, 1, 0)) AS engaged
+    FROM e GROUP BY 1, 2, 3, 4),
+running AS (
+    SELECT p.customer_key, p.brand, p.window_seconds, p.window_start, n.nps_score AS last_nps,
+           SUM(COALESCE(o.new_orders, 0)) OVER (
+               PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS orders,
+           MAX(p.positive_voice) OVER (
+               PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS positive_voice,
+           MAX(p.considered) OVER (
+               PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS considered,
+           MAX(p.engaged) OVER (
+               PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS engaged,
+           COUNT(n.nps_score) OVER (
+               PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nps_answers
+    FROM per_window p
+    LEFT JOIN new_orders o
+           ON o.customer_key = p.customer_key AND o.brand = p.brand
+          AND o.window_seconds = p.window_seconds AND o.window_start = p.window_start
+    LEFT JOIN nps_ranked n
+           ON n.customer_key = p.customer_key AND n.brand = p.brand
+          AND n.window_seconds = p.window_seconds AND n.window_start = p.window_start
+          AND n.rn = 1),
+latest_nps AS (
+    SELECT *, FIRST_VALUE(last_nps) OVER (
+                  PARTITION BY customer_key, brand, window_seconds, nps_answers
+                  ORDER BY window_start
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nps_latest
+    FROM running),
+phased AS (
+    SELECT customer_key, brand, window_seconds, window_start, orders,
+           CASE WHEN orders >= 2 OR (orders >= 1 AND (COALESCE(nps_latest >= 9, FALSE)
+                                                      OR positive_voice = 1)) THEN 'loyalty'
+                WHEN orders >= 1 THEN 'purchase'
+                WHEN considered = 1 THEN 'consideration'
+                WHEN engaged = 1 THEN 'favorability'
+                ELSE 'awareness' END AS to_phase
+    FROM latest_nps)
+SELECT customer_key, brand, window_seconds, window_start,
+       TIMESTAMP_ADD(window_start, INTERVAL window_seconds SECOND) AS window_end, orders,
+       LAG(to_phase) OVER (PARTITION BY customer_key, brand, window_seconds
+                           ORDER BY window_start) AS from_phase,
+       to_phase
+FROM phased;
+
+CREATE OR REPLACE VIEW `${dataset}.kpi_journey_transitions` AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, brand,
+           COALESCE(from_phase, '(new)') AS from_phase, to_phase,
+           CASE from_phase WHEN 'awareness' THEN 1 WHEN 'favorability' THEN 2
+                WHEN 'consideration' THEN 3 WHEN 'purchase' THEN 4 WHEN 'loyalty' THEN 5
+                ELSE 0 END AS from_phase_no,
+           CASE to_phase WHEN 'awareness' THEN 1 WHEN 'favorability' THEN 2
+                WHEN 'consideration' THEN 3 WHEN 'purchase' THEN 4 ELSE 5 END AS to_phase_no
+    FROM `${dataset}.customer_journey_steps`)
+SELECT window_start, window_end, window_seconds, brand, from_phase, to_phase,
+       from_phase_no, to_phase_no,
+       CASE WHEN from_phase_no = 0 THEN 'new' WHEN to_phase_no = from_phase_no THEN 'same'
+            WHEN to_phase_no > from_phase_no THEN 'forward' ELSE 'back' END AS direction,
+       COUNT(*) AS customers
+FROM s
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
 
 CREATE OR REPLACE VIEW `${dataset}.customer_360` AS
 WITH t AS (SELECT * FROM `${dataset}.customer_touchpoints_keyed`),
@@ -329,3 +476,28 @@ SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
              / (1 + 0.01 - LEAST(1 - churn_risk, 0.95)), 2) AS clv_estimate,
        as_of
 FROM risk;
+
+-- Churn-risk distribution per brand (see duckdb_views.sql for the bands).
+CREATE OR REPLACE VIEW `${dataset}.kpi_churn_risk` AS
+WITH by_brand AS (
+    SELECT DISTINCT customer_key, brand FROM `${dataset}.customer_touchpoints_keyed`
+    UNION ALL
+    SELECT customer_key, '(all)' FROM `${dataset}.customer_360`),
+banded AS (
+    SELECT b.brand, c.churn_risk,
+           CASE WHEN c.churn_risk < 0.25 THEN 1 WHEN c.churn_risk < 0.5 THEN 2
+                WHEN c.churn_risk < 0.75 THEN 3 ELSE 4 END AS band_no
+    FROM by_brand b JOIN `${dataset}.customer_360` c USING (customer_key))
+SELECT brand,
+       CASE band_no WHEN 1 THEN 'low' WHEN 2 THEN 'medium' WHEN 3 THEN 'high'
+            ELSE 'critical' END AS risk_band,
+       band_no,
+       CASE band_no WHEN 1 THEN 0.0 WHEN 2 THEN 0.25 WHEN 3 THEN 0.5 ELSE 0.75 END AS band_from,
+       CASE band_no WHEN 1 THEN 0.25 WHEN 2 THEN 0.5 WHEN 3 THEN 0.75 ELSE 1.0 END AS band_to,
+       COUNT(*) AS customers,
+       100.0 * COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY brand) AS customers_pct,
+       SUM(churn_risk) AS churn_risk_sum,
+       AVG(churn_risk) AS mean_churn_risk,
+       SUM(SUM(churn_risk)) OVER (PARTITION BY brand) / SUM(COUNT(*)) OVER (PARTITION BY brand)
+           AS brand_mean_churn_risk
+FROM banded GROUP BY brand, band_no;

@@ -214,8 +214,8 @@ WITH s AS (
 SELECT *,
        CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
        CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
-       CASE WHEN survey_type = 'CSAT' THEN 1.0 * score_sum / responses END AS csat_mean,
-       CASE WHEN survey_type = 'CES' THEN 1.0 * score_sum / responses END AS ces_mean,
+       CASE WHEN survey_type = 'CSAT' THEN score_sum / responses END AS csat_mean,
+       CASE WHEN survey_type = 'CES' THEN score_sum / responses END AS ces_mean,
        CASE WHEN survey_type = 'CES' THEN 100.0 * agree / responses END AS ces_agree_pct,
        comment_polarity_sum / NULLIF(comments, 0) AS comment_sentiment_mean
 FROM s;

@@ -166,6 +166,7 @@ SELECT cx360_bucket(s.session_start, w.window_seconds) AS window_start,
        cx360_bucket(s.session_start, w.window_seconds) + w.window_seconds * INTERVAL '1 second'
            AS window_end,
        w.window_seconds, s.brand, coalesce(s.utm_source, '(direct)') AS utm_source,
+       coalesce(s.utm_campaign, '(none)') AS utm_campaign,
        count(*) AS sessions,
        count(*) FILTER (WHERE s.converted) AS converted_sessions,
        100.0 * count(*) FILTER (WHERE s.converted) / count(*) AS conversion_rate_pct,
@@ -175,18 +176,19 @@ SELECT cx360_bucket(s.session_start, w.window_seconds) AS window_start,
        count(*) FILTER (WHERE s.social_referred) AS social_referred_sessions,
        count(*) FILTER (WHERE s.social_referred AND s.converted) AS social_referred_conversions
 FROM web_sessions_enriched s CROSS JOIN _cx360_window_sizes w
-GROUP BY 1, 2, 3, 4, 5;
+GROUP BY 1, 2, 3, 4, 5, 6;
 
 DROP VIEW IF EXISTS kpi_funnel CASCADE;
 CREATE VIEW kpi_funnel AS
 SELECT cx360_bucket(s.session_start, w.window_seconds) AS window_start,
-       w.window_seconds, s.brand,
+       w.window_seconds, s.brand, coalesce(s.utm_source, '(direct)') AS utm_source,
+       coalesce(s.utm_campaign, '(none)') AS utm_campaign,
        count(*) AS sessions,
        count(*) FILTER (WHERE s.viewed_product) AS viewed_product,
        count(*) FILTER (WHERE s.added_to_cart) AS added_to_cart,
        count(*) FILTER (WHERE s.converted) AS ordered
 FROM web_sessions_enriched s CROSS JOIN _cx360_window_sizes w
-GROUP BY 1, 2, 3;
+GROUP BY 1, 2, 3, 4, 5;
 
 DROP VIEW IF EXISTS kpi_survey CASCADE;
 CREATE VIEW kpi_survey AS
@@ -199,6 +201,48 @@ WITH s AS (
            sum(comment_negative) AS comment_negative,
            sum(comment_polarity_sum) AS comment_polarity_sum
     FROM survey_kpis GROUP BY window_start, window_end, window_seconds, brand, survey_type)
+SELECT *,
+       CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
+       CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
+       CASE WHEN survey_type = 'CSAT' THEN score_sum::float8 / responses END AS csat_mean,
+       CASE WHEN survey_type = 'CES' THEN score_sum::float8 / responses END AS ces_mean,
+       CASE WHEN survey_type = 'CES' THEN 100.0 * agree / responses END AS ces_agree_pct,
+       comment_polarity_sum / NULLIF(comments, 0) AS comment_sentiment_mean
+FROM s;
+
+-- Sliding windows (`cx360 run --sliding`): see duckdb_views.sql.
+DROP VIEW IF EXISTS kpi_social_sliding CASCADE;
+CREATE VIEW kpi_social_sliding AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand,
+           sum(mentions) AS mentions, sum(ugc_posts) AS ugc_posts, sum(inbound) AS inbound,
+           sum(scored) AS scored, sum(positive) AS positive, sum(neutral) AS neutral,
+           sum(negative) AS negative, sum(polarity_sum) AS polarity_sum,
+           sum(brand_posts) AS brand_posts, sum(brand_replies) AS brand_replies,
+           sum(brand_post_reach) AS brand_post_reach, sum(likes) AS likes,
+           sum(shares) AS shares, sum(comments) AS comments
+    FROM social_kpis_sliding
+    GROUP BY window_start, window_end, window_seconds, window_period_seconds, brand)
+SELECT *, polarity_sum / NULLIF(scored, 0) AS sentiment_mean,
+       100.0 * positive / NULLIF(scored, 0) AS positive_share_pct,
+       100.0 * negative / NULLIF(scored, 0) AS negative_share_pct,
+       likes + shares + comments AS interactions,
+       100.0 * (likes + shares + comments) / NULLIF(brand_post_reach, 0) AS engagement_rate_pct
+FROM s;
+
+DROP VIEW IF EXISTS kpi_survey_sliding CASCADE;
+CREATE VIEW kpi_survey_sliding AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, window_period_seconds, brand, survey_type,
+           sum(responses) AS responses, sum(score_sum) AS score_sum,
+           sum(promoters) AS promoters, sum(passives) AS passives,
+           sum(detractors) AS detractors, sum(top2) AS top2, sum(agree) AS agree,
+           sum(comments) AS comments, sum(comment_positive) AS comment_positive,
+           sum(comment_negative) AS comment_negative,
+           sum(comment_polarity_sum) AS comment_polarity_sum
+    FROM survey_kpis_sliding
+    GROUP BY window_start, window_end, window_seconds, window_period_seconds, brand,
+             survey_type)
 SELECT *,
        CASE WHEN survey_type = 'NPS' THEN 100.0 * (promoters - detractors) / responses END AS nps,
        CASE WHEN survey_type = 'CSAT' THEN 100.0 * top2 / responses END AS csat_top2_pct,
@@ -223,6 +267,26 @@ DROP VIEW IF EXISTS customer_touchpoints_keyed CASCADE;
 CREATE VIEW customer_touchpoints_keyed AS
 SELECT t.*, coalesce(m.customer_key, cx360_implicit_key(t.identifier)) AS customer_key
 FROM customer_touchpoints t LEFT JOIN identity_map m USING (identifier);
+
+-- What each touchpoint proves about the journey, per brand and '(all)' (see duckdb_views.sql).
+DROP VIEW IF EXISTS customer_touchpoint_evidence CASCADE;
+CREATE VIEW customer_touchpoint_evidence AS
+WITH t AS (
+    SELECT customer_key, brand, event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM customer_touchpoints_keyed
+    UNION ALL
+    SELECT customer_key, '(all)', event_id, event_time, channel, touchpoint, label, order_id,
+           survey_type, score, aimed_at_brand FROM customer_touchpoints_keyed)
+SELECT customer_key, brand, event_id, event_time, order_id,
+       CASE WHEN survey_type = 'NPS' THEN score END AS nps_score,
+       coalesce(channel = 'social' AND label = 'positive' AND touchpoint NOT LIKE '%:reply',
+                false) AS positive_voice,
+       coalesce(touchpoint IN ('web:product_view', 'web:add_to_cart')
+                OR (channel = 'social' AND aimed_at_brand), false) AS considered,
+       coalesce(touchpoint LIKE '%:like' OR touchpoint LIKE '%:comment'
+                OR touchpoint LIKE '%:share' OR label = 'positive'
+                OR touchpoint = 'web:account_link', false) AS engaged
+FROM t;
 
 DROP VIEW IF EXISTS customer_journey_evidence CASCADE;
 CREATE VIEW customer_journey_evidence AS
@@ -260,6 +324,74 @@ SELECT brand, journey_phase,
        count(*) AS customers,
        100.0 * count(*) / sum(count(*)) OVER (PARTITION BY brand) AS customers_pct
 FROM customer_journey GROUP BY brand, journey_phase;
+
+-- Phase per customer as of every window end with a touchpoint (see duckdb_views.sql).
+DROP VIEW IF EXISTS customer_journey_steps CASCADE;
+CREATE VIEW customer_journey_steps AS
+WITH e AS (
+    SELECT ev.*, w.window_seconds, cx360_bucket(ev.event_time, w.window_seconds) AS window_start
+    FROM customer_touchpoint_evidence ev CROSS JOIN _cx360_window_sizes w),
+new_orders AS (
+    SELECT customer_key, brand, window_seconds, window_start, count(*) AS new_orders
+    FROM (SELECT customer_key, brand, window_seconds, order_id, min(window_start) AS window_start
+          FROM e WHERE order_id IS NOT NULL GROUP BY customer_key, brand, window_seconds, order_id
+         ) o
+    GROUP BY customer_key, brand, window_seconds, window_start),
+per_window AS (
+    SELECT customer_key, brand, window_seconds, window_start,
+           (array_agg(nps_score ORDER BY event_time DESC, event_id COLLATE "C" DESC)
+               FILTER (WHERE nps_score IS NOT NULL))[1] AS last_nps,
+           max(CASE WHEN positive_voice THEN 1 ELSE 0 END) AS positive_voice,
+           max(CASE WHEN considered THEN 1 ELSE 0 END) AS considered,
+           max(CASE WHEN engaged THEN 1 ELSE 0 END) AS engaged
+    FROM e GROUP BY customer_key, brand, window_seconds, window_start),
+running AS (
+    SELECT p.customer_key, p.brand, p.window_seconds, p.window_start, p.last_nps,
+           sum(coalesce(o.new_orders, 0)) OVER c AS orders,
+           max(p.positive_voice) OVER c AS positive_voice,
+           max(p.considered) OVER c AS considered,
+           max(p.engaged) OVER c AS engaged,
+           count(p.last_nps) OVER c AS nps_answers
+    FROM per_window p
+    LEFT JOIN new_orders o USING (customer_key, brand, window_seconds, window_start)
+    WINDOW c AS (PARTITION BY p.customer_key, p.brand, p.window_seconds ORDER BY p.window_start
+                 ROWS UNBOUNDED PRECEDING)),
+latest_nps AS (
+    SELECT *, first_value(last_nps) OVER (
+                  PARTITION BY customer_key, brand, window_seconds, nps_answers
+                  ORDER BY window_start ROWS UNBOUNDED PRECEDING) AS nps_latest
+    FROM running),
+phased AS (
+    SELECT customer_key, brand, window_seconds, window_start, orders::bigint AS orders,
+           cx360_journey_phase(orders::bigint, coalesce(nps_latest >= 9, false),
+                               positive_voice = 1, considered = 1, engaged = 1) AS to_phase
+    FROM latest_nps)
+SELECT customer_key, brand, window_seconds, window_start,
+       window_start + window_seconds * INTERVAL '1 second' AS window_end, orders,
+       lag(to_phase) OVER (PARTITION BY customer_key, brand, window_seconds
+                           ORDER BY window_start) AS from_phase,
+       to_phase
+FROM phased;
+
+DROP VIEW IF EXISTS kpi_journey_transitions CASCADE;
+CREATE VIEW kpi_journey_transitions AS
+WITH s AS (
+    SELECT window_start, window_end, window_seconds, brand,
+           coalesce(from_phase, '(new)') AS from_phase, to_phase,
+           CASE from_phase WHEN 'awareness' THEN 1 WHEN 'favorability' THEN 2
+                WHEN 'consideration' THEN 3 WHEN 'purchase' THEN 4 WHEN 'loyalty' THEN 5
+                ELSE 0 END AS from_phase_no,
+           CASE to_phase WHEN 'awareness' THEN 1 WHEN 'favorability' THEN 2
+                WHEN 'consideration' THEN 3 WHEN 'purchase' THEN 4 ELSE 5 END AS to_phase_no
+    FROM customer_journey_steps)
+SELECT window_start, window_end, window_seconds, brand, from_phase, to_phase,
+       from_phase_no, to_phase_no,
+       CASE WHEN from_phase_no = 0 THEN 'new' WHEN to_phase_no = from_phase_no THEN 'same'
+            WHEN to_phase_no > from_phase_no THEN 'forward' ELSE 'back' END AS direction,
+       count(*) AS customers
+FROM s
+GROUP BY window_start, window_end, window_seconds, brand, from_phase, to_phase,
+         from_phase_no, to_phase_no;
 
 DROP VIEW IF EXISTS customer_360 CASCADE;
 CREATE VIEW customer_360 AS
@@ -337,3 +469,29 @@ SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
              / (1 + 0.01 - least(1 - churn_risk, 0.95)))::numeric, 2)::float8 AS clv_estimate,
        as_of
 FROM risk;
+
+-- Churn-risk distribution per brand (see duckdb_views.sql for the bands).
+DROP VIEW IF EXISTS kpi_churn_risk CASCADE;
+CREATE VIEW kpi_churn_risk AS
+WITH by_brand AS (
+    SELECT DISTINCT customer_key, brand FROM customer_touchpoints_keyed
+    UNION ALL
+    SELECT customer_key, '(all)' FROM customer_360),
+banded AS (
+    SELECT b.brand, c.churn_risk::float8 AS churn_risk,
+           CASE WHEN c.churn_risk < 0.25 THEN 1 WHEN c.churn_risk < 0.5 THEN 2
+                WHEN c.churn_risk < 0.75 THEN 3 ELSE 4 END AS band_no
+    FROM by_brand b JOIN customer_360 c USING (customer_key))
+SELECT brand,
+       CASE band_no WHEN 1 THEN 'low' WHEN 2 THEN 'medium' WHEN 3 THEN 'high'
+            ELSE 'critical' END AS risk_band,
+       band_no,
+       CASE band_no WHEN 1 THEN 0.0 WHEN 2 THEN 0.25 WHEN 3 THEN 0.5 ELSE 0.75 END AS band_from,
+       CASE band_no WHEN 1 THEN 0.25 WHEN 2 THEN 0.5 WHEN 3 THEN 0.75 ELSE 1.0 END AS band_to,
+       count(*) AS customers,
+       100.0 * count(*) / sum(count(*)) OVER (PARTITION BY brand) AS customers_pct,
+       sum(churn_risk) AS churn_risk_sum,
+       avg(churn_risk) AS mean_churn_risk,
+       sum(sum(churn_risk)) OVER (PARTITION BY brand) / sum(count(*)) OVER (PARTITION BY brand)
+           AS brand_mean_churn_risk
+FROM banded GROUP BY brand, band_no;
