@@ -576,7 +576,52 @@ def test_churn_risk_distribution(con, events, touchpoints, scorer):
         brand_total = sum(v[1] for (b, _), v in expected.items() if b == brand)
         assert r["customers_pct"] == pytest.approx(100 * n / brand_n)
         assert r["brand_mean_churn_risk"] == pytest.approx(brand_total / brand_n)
-    assert len({band for _, band in expected}) >= 2
+    # The 8 hours of generated events leave recency near 0: scores differ by NPS and complaints
+    # (the band edges are tested with hand-made customers below).
+    assert len(set(risk.values())) >= 3
+
+
+def test_churn_risk_bands_of_hand_made_customers(tmp_path):
+    """Band edges and means with scores worked out by hand: as_of = C's newest touchpoint
+    (2026-11-20 12:00); recency = 0.5 x min(days / 30, 1), NPS <= 6 adds 0.2, an open
+    complaint 0.15."""
+    from cx360.transforms.warehouse import TABLES, open_warehouse
+
+    wh = open_warehouse(f"duckdb:{tmp_path}/hand.duckdb")
+    wh.ensure_tables(TABLES.values())
+    wh.ensure_views()
+    touchpoints = [  # event, account, brand, time, touchpoint, survey, score
+        ("a1", "A", "Kaffino", "2026-10-21 12:00", "web:page_view", None, None),    # 30 d: 0.5
+        ("b1", "B", "Kaffino", "2026-11-05 12:00", "web:page_view", None, None),    # 15 d: 0.25
+        ("c1", "C", "Kaffino", "2026-11-20 11:00", "survey:shop", "NPS", 3),        # 0.2
+        ("c2", "C", "Telvana", "2026-11-20 12:00", "web:page_view", None, None),
+        ("d1", "D", "Telvana", "2026-10-21 12:00", "survey:shop", "NPS", 2),        # 0.7
+        ("e1", "E", "Telvana", "2026-10-01 12:00", "survey:shop", "NPS", 5),        # 0.85
+        ("e2", "E", "Telvana", "2026-10-01 12:00", "instagram:post", None, None),   # complaint
+    ]
+    for event, account, brand, at, touchpoint, kind, score in touchpoints:
+        wh.con.execute(
+            "INSERT INTO customer_touchpoints (event_id, identifier, channel, touchpoint, "
+            "event_time, brand, survey_type, score, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [event, f"acct:{account}", touchpoint.split(":")[0].replace("instagram", "social"),
+             touchpoint, at, brand, kind, score, "negative" if event == "e2" else None])
+    wh.con.execute("INSERT INTO inbound_posts (platform, post_id, event_id, brand, event_type, "
+                   "inbound_time, language, polarity, label) VALUES ('instagram', 'p1', 'e2', "
+                   "'Telvana', 'post', '2026-10-01 12:00', 'de', -0.6, 'negative')")
+    got = {r["customer_key"]: r["churn_risk"] for r in rows(
+        wh.con, "SELECT customer_key, churn_risk FROM customer_360")}
+    assert got == {"A": 0.5, "B": 0.25, "C": 0.2, "D": 0.7, "E": 0.85}
+    got = {(r["brand"], r["risk_band"]): (r["customers"], round(r["mean_churn_risk"], 6),
+                                          round(r["brand_mean_churn_risk"], 6))
+           for r in rows(wh.con, "SELECT * FROM kpi_churn_risk")}
+    assert got == {
+        ("(all)", "low"): (1, 0.2, 0.5), ("(all)", "medium"): (1, 0.25, 0.5),
+        ("(all)", "high"): (2, 0.6, 0.5), ("(all)", "critical"): (1, 0.85, 0.5),
+        ("Kaffino", "low"): (1, 0.2, 0.316667), ("Kaffino", "medium"): (1, 0.25, 0.316667),
+        ("Kaffino", "high"): (1, 0.5, 0.316667),
+        ("Telvana", "low"): (1, 0.2, 0.583333), ("Telvana", "high"): (1, 0.7, 0.583333),
+        ("Telvana", "critical"): (1, 0.85, 0.583333)}
+    wh.close()
 
 
 def test_every_kpi_view_has_rows_and_is_documented(con):
