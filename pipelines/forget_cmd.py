@@ -118,7 +118,8 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
 def run(args: argparse.Namespace) -> int:
     from cx360.transforms.warehouse import WarehouseError, open_warehouse
 
-    if not args.warehouse.startswith("duckdb:") and not args.warehouse.endswith(".duckdb"):
+    if not args.warehouse.startswith("duckdb:") and \
+            not args.warehouse.partition("?")[0].endswith(".duckdb"):
         raise UserError("forget supports the DuckDB warehouse only (see docs/identity.md)")
     try:
         warehouse = open_warehouse(args.warehouse)

@@ -127,10 +127,10 @@ def build_run_config(args: argparse.Namespace):
     except WarehouseError as exc:
         raise UserError(str(exc)) from None
     url = args.warehouse
-    if url.startswith("duckdb:") or url.endswith(".duckdb"):
-        from cx360.transforms.warehouse.duckdb_backend import duckdb_path
+    from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
 
-        url = "duckdb://" + os.path.abspath(duckdb_path(url))
+    if is_duckdb_url(url):
+        url = absolute_url(url)
     from cx360.transforms.kpis import load_brands
 
     try:

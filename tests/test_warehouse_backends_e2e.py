@@ -147,8 +147,7 @@ def test_every_table_holds_the_same_rows_as_duckdb(runs, other):
 # emulator `promoter` (latest NPS answer >= 9) differs for some customer/brand rows of
 # customer_journey_evidence (the journey phases built on it still agree) and customer_360
 # differs too.
-KNOWN = {("postgres", "customer_360"), ("bigquery", "customer_journey_evidence"),
-         ("bigquery", "customer_360")}
+KNOWN = {("postgres", "customer_360")}
 
 
 @pytest.mark.parametrize("other,view", [

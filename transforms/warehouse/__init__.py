@@ -11,7 +11,7 @@ def open_warehouse(url: str, read_only: bool = False) -> Warehouse:
     """``duckdb:PATH`` (default backend), ``postgresql://...`` (or ``postgres://``) and
     ``bigquery://PROJECT/DATASET[?endpoint=...]`` (or ``bigquery:PROJECT.DATASET``); see
     docs/warehouse.md."""
-    if url.startswith("duckdb:") or url.endswith(".duckdb"):
+    if url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb"):
         from cx360.transforms.warehouse.duckdb_backend import DuckDBWarehouse
 
         return DuckDBWarehouse(url, read_only=read_only)

@@ -73,6 +73,21 @@ def duckdb_path(url: str) -> str:
     return path
 
 
+def is_duckdb_url(url: str) -> bool:
+    return url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb")
+
+
+def absolute_url(url: str) -> str:
+    """``duckdb://ABSOLUTE/PATH`` plus the URL's options: the same file from any directory
+    (Beam workers may not share the driver's working directory)."""
+    query = url.partition("?")[2]
+    options = duckdb_options(url)[1]
+    if options.get("snapshot", "").lower() not in ("", "off", "none", "false", "0"):
+        options["snapshot"] = os.path.abspath(options["snapshot"])
+    query = urllib.parse.urlencode(options) if query else ""
+    return "duckdb://" + os.path.abspath(duckdb_path(url)) + (f"?{query}" if query else "")
+
+
 def default_snapshot_path(path: str) -> str:
     """data/cx360.duckdb -> data/cx360-bi.duckdb"""
     stem = path[:-len(".duckdb")] if path.endswith(".duckdb") else path

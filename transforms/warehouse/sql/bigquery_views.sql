@@ -16,6 +16,10 @@
 --                                      subquery, then ANY_VALUE (it is analytic-only here)
 --   first(x ORDER BY o)             -> ARRAY_AGG(STRUCT(x AS v) ORDER BY o LIMIT 1)[OFFSET(0)].v
 --                                      (the STRUCT keeps a NULL first value, as DuckDB does)
+--   first(x ORDER BY o) FILTER (WHERE c)
+--                                   -> ROW_NUMBER() OVER (PARTITION BY group ORDER BY o) over
+--                                      the rows where c, then rank 1 (not IGNORE NULLS with
+--                                      LIMIT 1: the emulator applies the LIMIT first)
 --   list(DISTINCT x ORDER BY x), len -> ARRAY_AGG(DISTINCT x ORDER BY x), ARRAY_LENGTH
 --   a || '=' || n (n integer)       -> a || '=' || CAST(n AS STRING)
 --   regexp_matches(s, re)           -> REGEXP_CONTAINS(s, r're');  sha256(s) hex -> TO_HEX(SHA256(s))
@@ -277,12 +281,19 @@ WITH t AS (
            survey_type, score, aimed_at_brand FROM `${dataset}.customer_touchpoints_keyed`
     UNION ALL
     SELECT customer_key, '(all)', event_id, event_time, channel, touchpoint, label, order_id,
-           survey_type, score, aimed_at_brand FROM `${dataset}.customer_touchpoints_keyed`)
+           survey_type, score, aimed_at_brand FROM `${dataset}.customer_touchpoints_keyed`),
+-- The latest NPS answer per customer and brand by ROW_NUMBER, not ARRAY_AGG(... IGNORE NULLS
+-- ORDER BY ... LIMIT 1): the emulator applies the LIMIT before dropping the NULLs.
+latest_nps AS (
+    SELECT customer_key, brand, score AS latest_nps
+    FROM (SELECT customer_key, brand, score,
+                 ROW_NUMBER() OVER (PARTITION BY customer_key, brand
+                                    ORDER BY event_time DESC, event_id DESC) AS rn
+          FROM t WHERE survey_type = 'NPS')
+    WHERE rn = 1)
 SELECT customer_key, brand,
        COUNT(DISTINCT order_id) AS orders,
-       COALESCE(ARRAY_AGG(IF(survey_type = 'NPS', STRUCT(score AS v), NULL) IGNORE NULLS
-                          ORDER BY event_time DESC, event_id DESC LIMIT 1)[SAFE_OFFSET(0)].v
-                >= 9, FALSE) AS promoter,
+       COALESCE(MAX(latest_nps) >= 9, FALSE) AS promoter,
        COALESCE(LOGICAL_OR(channel = 'social' AND label = 'positive'
                            AND touchpoint NOT LIKE '%:reply'), FALSE) AS positive_voice,
        COALESCE(LOGICAL_OR(touchpoint IN ('web:product_view', 'web:add_to_cart')
@@ -290,7 +301,7 @@ SELECT customer_key, brand,
        COALESCE(LOGICAL_OR(touchpoint LIKE '%:like' OR touchpoint LIKE '%:comment'
                            OR touchpoint LIKE '%:share' OR label = 'positive'
                            OR touchpoint = 'web:account_link'), FALSE) AS engaged
-FROM t GROUP BY customer_key, brand;
+FROM t LEFT JOIN latest_nps USING (customer_key, brand) GROUP BY customer_key, brand;
 
 CREATE OR REPLACE VIEW `${dataset}.customer_journey` AS
 SELECT customer_key, brand, orders,
@@ -399,7 +410,10 @@ FROM s
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
 
 CREATE OR REPLACE VIEW `${dataset}.customer_360` AS
-WITH t AS (SELECT * FROM `${dataset}.customer_touchpoints_keyed`),
+-- latest_rank: 1 for each customer's latest answer per survey type (see latest_nps above).
+WITH t AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY customer_key, survey_type
+                                        ORDER BY event_time DESC, event_id DESC) AS latest_rank
+           FROM `${dataset}.customer_touchpoints_keyed`),
 as_of AS (SELECT MAX(event_time) AS as_of FROM `${dataset}.customer_touchpoints`),
 ids AS (
     SELECT customer_key, ARRAY_AGG(DISTINCT identifier ORDER BY identifier) AS identifiers
@@ -427,17 +441,11 @@ agg AS (
            MIN(event_time) AS first_seen, MAX(event_time) AS last_seen,
            COUNT(DISTINCT order_id) AS orders,
            COALESCE(SUM(IF(touchpoint = 'web:order', order_value, NULL)), 0) AS revenue,
-           ARRAY_AGG(IF(survey_type = 'NPS', STRUCT(score AS v), NULL) IGNORE NULLS
-                     ORDER BY event_time DESC, event_id DESC LIMIT 1)[SAFE_OFFSET(0)].v
-               AS nps_latest,
+           MAX(IF(survey_type = 'NPS' AND latest_rank = 1, score, NULL)) AS nps_latest,
            AVG(IF(survey_type = 'NPS', score, NULL)) AS nps_avg,
-           ARRAY_AGG(IF(survey_type = 'CSAT', STRUCT(score AS v), NULL) IGNORE NULLS
-                     ORDER BY event_time DESC, event_id DESC LIMIT 1)[SAFE_OFFSET(0)].v
-               AS csat_latest,
+           MAX(IF(survey_type = 'CSAT' AND latest_rank = 1, score, NULL)) AS csat_latest,
            AVG(IF(survey_type = 'CSAT', score, NULL)) AS csat_avg,
-           ARRAY_AGG(IF(survey_type = 'CES', STRUCT(score AS v), NULL) IGNORE NULLS
-                     ORDER BY event_time DESC, event_id DESC LIMIT 1)[SAFE_OFFSET(0)].v
-               AS ces_latest,
+           MAX(IF(survey_type = 'CES' AND latest_rank = 1, score, NULL)) AS ces_latest,
            AVG(IF(survey_type = 'CES', score, NULL)) AS ces_avg,
            AVG(IF(event_time > TIMESTAMP_SUB(a.as_of, INTERVAL 7 DAY), polarity, NULL))
                AS sentiment_last_7d,
