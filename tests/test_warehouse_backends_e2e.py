@@ -142,18 +142,8 @@ def test_every_table_holds_the_same_rows_as_duckdb(runs, other):
             assert [r for r in got if r not in expected] == [], table
 
 
-# Known divergences, still to fix (found by this test): PostgreSQL rounds clv_estimate from an
-# exact numeric (47.405 -> 47.41) where DuckDB rounds the double (-> 47.40); on the BigQuery
-# emulator `promoter` (latest NPS answer >= 9) differs for some customer/brand rows of
-# customer_journey_evidence (the journey phases built on it still agree) and customer_360
-# differs too.
-KNOWN = {("postgres", "customer_360")}
-
-
 @pytest.mark.parametrize("other,view", [
-    pytest.param(o, v, marks=[pytest.mark.xfail(reason="known divergence, see KNOWN")]
-                 if (o, v) in KNOWN else [])
-    for o in ("postgres", "bigquery") for v in VIEWS])
+    (o, v) for o in ("postgres", "bigquery") for v in VIEWS])
 def test_every_view_gives_the_same_answer_as_duckdb(runs, other, view):
     with open_warehouse(runs["duckdb"][0], read_only=True) as ref, \
             open_warehouse(runs[other][0]) as wh:

@@ -480,8 +480,9 @@ SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
        orders, revenue, nps_latest, nps_avg, csat_latest, csat_avg, ces_latest, ces_avg,
        sentiment_last_7d, sentiment_before, sentiment_trend, open_complaints,
        days_since_last_seen, churn_risk,
-       ROUND(0.3 * revenue / months_observed * LEAST(1 - churn_risk, 0.95)
-             / (1 + 0.01 - LEAST(1 - churn_risk, 0.95)), 2) AS clv_estimate,
+       CAST(ROUND(ROUND(CAST(0.3 * revenue / months_observed * LEAST(1 - churn_risk, 0.95)
+                             / (1 + 0.01 - LEAST(1 - churn_risk, 0.95)) AS NUMERIC), 6), 2)
+            AS FLOAT64) AS clv_estimate,
        as_of
 FROM risk;
 

@@ -447,8 +447,11 @@ SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
        days_since_last_seen, churn_risk,
        -- CLV = m * r / (1 + i - r): m = 30 % margin on the monthly revenue, r = retention
        -- (1 - churn_risk, at most 0.95), i = 1 % monthly discount rate.
-       round(0.3 * revenue / months_observed * least(1 - churn_risk, 0.95)
-             / (1 + 0.01 - least(1 - churn_risk, 0.95)), 2) AS clv_estimate,
+       -- Rounded in decimal at 6 places, then to cents, so every backend rounds a
+       -- half-cent the same way (a double 47.405 is 47.40499...).
+       round(CAST(0.3 * revenue / months_observed * least(1 - churn_risk, 0.95)
+                  / (1 + 0.01 - least(1 - churn_risk, 0.95)) AS DECIMAL(18, 6)), 2)::DOUBLE
+           AS clv_estimate,
        as_of
 FROM risk;
 

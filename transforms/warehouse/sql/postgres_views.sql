@@ -465,8 +465,9 @@ SELECT customer_key, identifiers, identifier_count, channels, touchpoints,
        orders, revenue, nps_latest, nps_avg, csat_latest, csat_avg, ces_latest, ces_avg,
        sentiment_last_7d, sentiment_before, sentiment_trend, open_complaints,
        days_since_last_seen, churn_risk,
-       round((0.3 * revenue / months_observed * least(1 - churn_risk, 0.95)
-             / (1 + 0.01 - least(1 - churn_risk, 0.95)))::numeric, 2)::float8 AS clv_estimate,
+       round(round((0.3 * revenue / months_observed * least(1 - churn_risk, 0.95)
+             / (1 + 0.01 - least(1 - churn_risk, 0.95)))::numeric, 6), 2)::float8
+           AS clv_estimate,
        as_of
 FROM risk;
 
