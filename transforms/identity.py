@@ -395,7 +395,8 @@ class MemoryGraphStore:
 
 
 class WarehouseGraphStore:
-    """The graph state in the warehouse, read through ``Warehouse.query`` (DuckDB dialect)."""
+    """The graph state in the warehouse, read through ``Warehouse.select_where_in`` and
+    ``Warehouse.query`` with SQL every backend (DuckDB, PostgreSQL, BigQuery) accepts."""
 
     def __init__(self, warehouse):
         self.warehouse = warehouse
