@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from cx360.pipelines.streaming import (StreamingKpis, StreamingSettings,
                                        build_streaming_pipeline, java_kafka_read)
 from cx360.schemas.codec import AvroCodec
-from cx360.schemas.registry import SOCIAL, WEB, FileSchemaRegistry
+from cx360.schemas.registry import SOCIAL, SURVEY, WEB, FileSchemaRegistry
 from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord
 from cx360.transforms.warehouse import open_warehouse
 from cx360.transforms.warehouse.panes import (EVENT_COUNT_PANES, WEB_SESSIONS, prepare,
@@ -500,3 +500,118 @@ def test_stream_command_starts_from_committed_offsets_and_dry_runs(kafka, topics
         run(_stream_args(*argv[:-2], "--runner", "DirectRunner"))
     with pytest.raises(UserError, match="--sliding"):
         build_settings(_stream_args(*argv[:-2], "--sliding", "1h"))
+
+
+# -- identity stitching in the streaming job ---------------------------------------------------
+#
+# The hand-worked scenario of tests/test_identity.py (Anna on three channels, a household tablet
+# shared with Bob, Anna's instagram handle linked to her account only later), as a stream. Times
+# are minutes after 06:00 on 2026-11-20; flush interval 60 s of event time.
+#
+# watermark 06:00
+# batches @06:45: web w1-w8 (06:00-06:32), social p1 (06:20), survey v1 (06:40)
+# watermark 06:50   -> one flush (timer 06:02, the earliest interval end) stitches every
+#                      link so far: Anna = {acct, phone cookie, e-mail, phone}; the tablet is
+#                      linked to two accounts: shared, alone; Bob = {acct, e-mail}; the
+#                      handle has no link yet (its own profile).
+# batch @07:05: w9 account_link (event time 06:15: LATE, behind the watermark, within the
+#               allowed lateness: hourly window 06-07 + 30 min > Kafka time 07:05)
+# watermark 07:10   -> its timer (06:16) is behind the watermark and fires: links acct-laptop
+#                      cookie and acct-handle; two map rows (laptop, handle -> Anna), no merge
+#                      (the handle had no stored key), history re-attributed by the view.
+
+def _identity_stream(log: Log) -> EventStream:
+    import test_identity as ti
+
+    def encoded(kind, rows):
+        schema = {"web": WEB, "social": SOCIAL, "survey": SURVEY}[kind]
+        return [CODEC.encode(schema, r) for r in rows]
+
+    late_link = dict(ti.BATCH2["web"][0], event_time=ti.at(15))
+    return (EventStream()
+            .advance_watermark_to(Timestamp(micros=ti.at(0) * 1000))
+            .add_elements([log.batch(ti.at(45), *encoded("web", ti.BATCH1["web"]),
+                                     topic="cx.web")])
+            .add_elements([log.batch(ti.at(45), *encoded("social", ti.BATCH1["social"]))])
+            .add_elements([log.batch(ti.at(45), *encoded("survey", ti.BATCH1["survey"]),
+                                     topic="cx.survey")])
+            .advance_watermark_to(Timestamp(micros=ti.at(50) * 1000))
+            .add_elements([log.batch(ti.at(65), *encoded("web", [late_link]), topic="cx.web")])
+            .advance_watermark_to(Timestamp(micros=ti.at(70) * 1000))
+            .advance_watermark_to_infinity()), late_link
+
+
+def test_streaming_stitches_identities_like_micro_batch_mode(tmp_path):
+    import test_identity as ti
+    from cx360.transforms.identity import (DEMO_KEY, IdentityRules, MemoryGraphStore,
+                                           Pseudonymiser, event_links, implicit_key, stitch)
+    from cx360.transforms.warehouse.spec import TABLES
+
+    path = tmp_path / "stream.duckdb"
+    stream, late_link = _identity_stream(Log())
+    with streaming_pipeline() as p:
+        out = build_streaming_pipeline(p, settings(warehouse_url=f"duckdb:{path}",
+                                                   fixed_now_ms=ti.at(24 * 60)),
+                                       batches=p | stream)
+        from apache_beam.transforms import trigger
+
+        flushes = (out["identity"]["stitched"]
+                   | "OneFinalPane" >> beam.WindowInto(
+                       beam.window.GlobalWindows(), trigger=trigger.AfterWatermark(),
+                       accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                   | "Flushes" >> beam.CombineGlobally(
+                       beam.combiners.ToListCombineFn()).without_defaults()
+                   | "Sorted" >> beam.Map(sorted))
+        first, late = f"stream-{ti.at(2)}", f"stream-{ti.at(16)}"
+        assert_that(flushes, equal_to([sorted([
+            # flush 06:02 (watermark 06:50): 6 links (see tests/test_identity.py), 7 map rows
+            (first, "identity_links", 6), (first, "identity_merges", 0),
+            (first, "identity_map", 7),
+            # flush 06:16 (the late link): 2 links, laptop and handle join Anna, no merge
+            (late, "identity_links", 2), (late, "identity_merges", 0), (late, "identity_map", 2)
+        ])]))
+
+    pseudo = Pseudonymiser(DEMO_KEY)
+    con = duckdb.connect(str(path))
+    try:
+        streamed = sorted(con.execute("SELECT identifier, id_type, customer_key, shared "
+                                      "FROM identity_map").fetchall())
+        links = sorted(con.execute("SELECT id_a, id_b, epoch_ms(first_seen), event_id "
+                                   "FROM identity_links").fetchall())
+    finally:
+        con.close()
+    anna = ["acct:" + ti.ANNA, "ck:ck-anna-laptop", "ck:ck-anna-phone",
+            "em:" + pseudo.email("anna.k@example.org"), "ph:" + pseudo.phone("0151 2345678"),
+            "sh:instagram:@anna_k"]
+    assert sorted(i for i, _, k, _ in streamed if k == ti.ANNA) == sorted(anna)
+    assert [(k, s) for i, _, k, s in streamed if i == "ck:ck-tablet"] == [
+        (implicit_key("ck:ck-tablet"), True)]
+    assert sorted(i for i, _, k, _ in streamed if k == ti.BOB) == sorted(
+        ["acct:" + ti.BOB, "em:" + pseudo.email("bob@example.net")])
+    assert len(streamed) == 9 and len(links) == 8
+
+    # Micro-batch mode on the same events (two batches: the link arrives in the second).
+    store = MemoryGraphStore()
+    for i, batch in enumerate((ti.BATCH1, {"web": [late_link]})):
+        events = [pseudo.apply(dict(r, _role=kind)) for kind, rows in batch.items()
+                  for r in rows]
+        store.apply(stitch([l for e in events for l in event_links(e)], store, IdentityRules(),
+                           set(), f"b{i}", ti.T0))
+    assert {i: k for i, _, k, _ in streamed} == store.keys
+    assert {i for i, _, _, s in streamed if s} == store.shared
+    assert links == sorted({(a, b, t, e) for adj in store.adjacent.values()
+                            for (a, b), (t, e) in adj.items()})
+
+    # customer_360 works on the streaming warehouse: Anna's profile as in micro-batch mode.
+    warehouse = open_warehouse(f"duckdb:{path}")
+    try:
+        warehouse.ensure_tables(TABLES.values())
+        warehouse.ensure_views()
+        profile = warehouse.query(
+            "SELECT channels, identifier_count, web_events, social_events, survey_responses, "
+            "orders, revenue, nps_latest FROM customer_360 WHERE customer_key = ?", [ti.ANNA])
+        keys = {r[0] for r in warehouse.query("SELECT customer_key FROM customer_360")}
+    finally:
+        warehouse.close()
+    assert profile == [("social=1, survey=1, web=6", 6, 6, 1, 1, 1, 59.9, 9)]
+    assert keys == {ti.ANNA, ti.BOB, implicit_key("ck:ck-tablet")}

@@ -35,7 +35,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from cx360.transforms.warehouse.base import Warehouse, WarehouseError
-from cx360.transforms.warehouse.spec import C, DEAD_LETTERS, EVENT_COUNTS, TableSpec
+from cx360.transforms.warehouse.spec import (C, DEAD_LETTERS, EVENT_COUNTS, IDENTITY_TABLES,
+                                             PIPELINE_HEALTH, TableSpec)
 
 PANE_COLUMNS = (
     C("pane_index", "INT64", "Streaming: index of the pane (trigger firing) that wrote the row."),
@@ -81,6 +82,9 @@ SESSION_COUNTS_SQL = (
     "SUM(events) AS events FROM stream_web_sessions GROUP BY brand, CAST(session_start AS DATE)")
 
 PANE_TABLES = {spec.name: spec for spec in (EVENT_COUNT_PANES, WEB_SESSIONS, DEAD_LETTERS)}
+# Identity (transforms/identity_stream.py) and health (pipelines/stream_health.py) tables,
+# the same specs as micro-batch mode, written with plain replace-upserts.
+PANE_TABLES.update({spec.name: spec for spec in (*IDENTITY_TABLES, PIPELINE_HEALTH)})
 MODES = ("panes", "sessions", "replace")
 
 
