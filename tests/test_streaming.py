@@ -124,23 +124,24 @@ def session_pane(row: dict) -> tuple:
 # (31 min after the clock of these tests, 23:59: more than the 15 min allowed skew) and a
 # value that is no event at all.
 
-def social_stream(log: Log, bad: bool = False) -> EventStream:
+def social_stream(log: Log, bad: bool = False, topic: str = "cx.social") -> EventStream:
     p1 = post("p1", T(10, 1))
     stream = (EventStream()
               .advance_watermark_to(W(10))
-              .add_elements([log.batch(T(10, 5), p1, post("p2", T(10, 4)))]))
+              .add_elements([log.batch(T(10, 5), p1, post("p2", T(10, 4)), topic=topic)]))
     if bad:
         stream = stream.add_elements([log.batch(T(10, 6), post("p9", T(24, 30)), b"hello",
-                                                partition=2)])
+                                                partition=2, topic=topic)])
     return (stream
             .advance_processing_time(61)
-            .add_elements([log.batch(T(10, 30), post("p3", T(10, 20)))])
+            .add_elements([log.batch(T(10, 30), post("p3", T(10, 20)), topic=topic)])
             .advance_watermark_to(W(11))
-            .add_elements([log.batch(T(11, 10), post("p4", T(10, 50)))])
-            .add_elements([log.batch(T(11, 12), p1)])
-            .add_elements([log.batch(T(11, 35), post("p5", T(10, 58)), partition=1)])
+            .add_elements([log.batch(T(11, 10), post("p4", T(10, 50)), topic=topic)])
+            .add_elements([log.batch(T(11, 12), p1, topic=topic)])
+            .add_elements([log.batch(T(11, 35), post("p5", T(10, 58)), partition=1,
+                                     topic=topic)])
             .advance_watermark_to(W(11, 45))
-            .add_elements([log.batch(T(11, 25), post("p6", T(10, 59)))])
+            .add_elements([log.batch(T(11, 25), post("p6", T(10, 59)), topic=topic)])
             .advance_watermark_to_infinity())
 
 
@@ -421,7 +422,9 @@ def test_dataflow_dry_run_builds_the_full_streaming_job():
                  "StreamingKpis/EventCounts/Sliding4hEvery1hWindows",
                  "StreamingKpis/WebSessions/SessionWindows", "WriteEventCounts/Upsert",
                  "WriteWebSessions/Upsert", "WriteDeadLetters/Upsert", "DeadLettersToKafka",
-                 "CommitReadPositions"):
+                 "CommitReadPositions", "StreamIdentities/DropErased",
+                 "StreamIdentities/Stitch", "WriteTouchpoints/Upsert",
+                 "StreamHealth/PerPartition", "WriteHealth/Upsert"):
         assert step in names, step
     urns = {t.spec.urn for t in transforms}
     assert "beam:transform:combine_per_key:v1" in urns
@@ -615,3 +618,82 @@ def test_streaming_stitches_identities_like_micro_batch_mode(tmp_path):
         warehouse.close()
     assert profile == [("social=1, survey=1, web=6", 6, 6, 1, 1, 1, 59.9, 9)]
     assert keys == {ti.ANNA, ti.BOB, implicit_key("ck:ck-tablet")}
+
+
+# -- pipeline health per interval and topic-partition --------------------------------------------
+#
+# The timeline of social_stream(bad=True) above, counted in 30-min intervals of Kafka record time
+# (every record and dead letter in the interval of its record's Kafka timestamp):
+#
+# [10:00, 10:30) partition 0: p1 p2 @10:05 (offsets 0, 1)            -> 2 in, position 2
+#                partition 2: p9 (future_timestamp), "hello" (undecodable) @10:06 -> 2 in, 2 dead
+# [10:30, 11:00) partition 0: p3 @10:30 (offset 2)                    -> 1 in, position 3
+# [11:00, 11:30) partition 0: p4 @11:10, p1 again @11:12, p6 @11:25 (too_late; it arrives after
+#                the watermark reached 11:45: a LATE pane)            -> 3 in, 1 dead, position 6
+# [11:30, 12:00) partition 1: p5 @11:35 (too_late)                    -> 1 in, 1 dead, position 1
+# The clock of these tests is 23:59: freshness = 23:59 - newest record time of the interval.
+
+def test_streaming_pipeline_health_per_interval_and_partition(kafka, topics, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from kafka_helpers import produce
+
+    path = tmp_path / "stream.duckdb"
+    social = topics["social"]
+    with streaming_pipeline() as p:
+        build_streaming_pipeline(p, settings(
+            warehouse_url=f"duckdb:{path}", health_interval_s=1800,
+            topics={"social": social, "web": topics["web"], "survey": topics["survey"]}),
+            batches=p | social_stream(Log(), bad=True, topic=social))
+    con = duckdb.connect(str(path))
+    try:
+        rows = con.execute(
+            'SELECT batch_id, "partition", records_in, accepted, dead_letters, '
+            "dead_letters_by_reason, position, epoch_ms(max_event_time), freshness_s, "
+            "epoch_ms(recorded_at), high_watermark, lag, batch_seconds, records_per_s, "
+            "pane_timing FROM pipeline_health ORDER BY batch_id, \"partition\"").fetchall()
+    finally:
+        con.close()
+    fresh = lambda ms: (T(23, 59) - ms) / 1000.0
+    common = (T(23, 59), None, None, 1800.0)
+    assert rows == [
+        ("stream:2026-11-23T10:00:00Z/1800s", 0, 2, 2, 0, "{}", 2, T(10, 5), fresh(T(10, 5)),
+         *common, round(2 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T10:00:00Z/1800s", 2, 2, 0, 2,
+         '{"future_timestamp": 1, "undecodable": 1}', 2, T(10, 6), fresh(T(10, 6)), *common,
+         round(2 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T10:30:00Z/1800s", 0, 1, 1, 0, "{}", 3, T(10, 30), fresh(T(10, 30)),
+         *common, round(1 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T11:00:00Z/1800s", 0, 3, 2, 1, '{"too_late": 1}', 6, T(11, 25),
+         fresh(T(11, 25)), *common, round(3 / 1800, 3), "LATE"),
+        ("stream:2026-11-23T11:30:00Z/1800s", 1, 1, 0, 1, '{"too_late": 1}', 1, T(11, 35),
+         fresh(T(11, 35)), *common, round(1 / 1800, 3), "ON_TIME"),
+    ]
+
+    # The sink keeps one open warehouse per URL and process (panes.shared_warehouse); close it
+    # as a finished worker would, so that another process can open the DuckDB file.
+    from cx360.transforms.warehouse import panes
+    panes._SHARED[f"duckdb:{path}"].close()
+
+    # `cx360 health` on this streaming warehouse: positions and record times from these rows.
+    # The topic holds the same offsets (6, 1 and 2 records) plus 3 new ones on partition 0.
+    produce(kafka, social, [(b"k", post(f"x{i}", T(12))) for i in range(9)], partition=0)
+    produce(kafka, social, [(b"k", post("y", T(12)))], partition=1)
+    produce(kafka, social, [(b"k", post(f"z{i}", T(12))) for i in range(2)], partition=2)
+    done = subprocess.run(
+        [sys.executable, "-m", "cx360.pipelines.cli", "health", "--json", "--warehouse",
+         f"duckdb:{path}", "--rate-window", "3650d", "--max-staleness", "3650d",
+         "--warn-staleness", "3650d", "--social-topic", social, "--web-topic", topics["web"],
+         "--survey-topic", topics["survey"], "--bootstrap-servers", kafka.bootstrap_servers],
+        capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert "lag" in checks, (report, done.stderr[-2000:])
+    assert checks["lag"]["value"] == 3                     # 9 - 6 on partition 0
+    assert checks["dead_letter_rate"]["value"] == round(4 / 9, 6)   # 4 dead of 9 records
+    age_s = time.time() - T(11, 35) / 1000                 # newest record time: 11:35
+    assert abs(checks["freshness"]["value"] - max(0.0, age_s)) < 120
+    assert checks["freshness"]["status"] == "OK" and checks["pending_batches"]["status"] == "OK"
+    assert done.returncode == 2                            # 44 % dead letters: critical
