@@ -325,6 +325,9 @@ class DuckDBWarehouse(Warehouse):
             except BaseException:
                 self.con.execute("ROLLBACK")
                 raise
+        # The BI snapshot must not keep what was just deleted (cx360 forget): it is published
+        # again now or, at the latest, when this warehouse is closed.
+        self.changed()
         return counts
 
     def close(self) -> None:
