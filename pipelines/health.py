@@ -54,6 +54,23 @@ def newest_event_times(warehouse) -> dict[tuple[str, int], int]:
     return {(r[0], int(r[1])): _epoch_ms(r[2]) for r in rows if r[2] is not None}
 
 
+def streaming_progress(warehouse) -> tuple[dict[tuple[str, int], int],
+                                           dict[tuple[str, int], int]]:
+    """(position, newest record time in epoch ms) per (topic, partition) from the health rows
+    of a streaming job (transforms/stream_health.py): a streaming deployment has no batch
+    ledger and no de-duplication ledger in the warehouse, so `cx360 health` reads these."""
+    part = warehouse.quote("partition")
+    try:
+        rows = warehouse.query(f"SELECT topic, {part}, max(position), max(max_event_time) "
+                               "FROM pipeline_health WHERE batch_id LIKE 'stream:%' "
+                               f"GROUP BY topic, {part}")
+    except Exception:  # no health table yet
+        return {}, {}
+    positions = {(r[0], int(r[1])): int(r[2]) for r in rows if r[2] is not None}
+    newest = {(r[0], int(r[1])): _epoch_ms(r[3]) for r in rows if r[3] is not None}
+    return positions, newest
+
+
 def _epoch_ms(value) -> int:
     """A TIMESTAMP as read back (naive UTC or aware datetime) -> epoch ms."""
     if value.tzinfo is None:

@@ -133,6 +133,12 @@ class Warehouse(ABC):
 
     paramstyle = "qmark"
 
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """Run DML ``statements`` (``(sql, params)`` with ``?`` placeholders, in SQL every
+        backend accepts) in ONE transaction: all or nothing. Returns the number of rows each
+        statement affected. Used by ``cx360 forget``."""
+        raise WarehouseError(f"{type(self).__name__} cannot run a transaction of statements")
+
     def claimed_intervals(self) -> dict[tuple[str, int], list[tuple[int, int]]]:
         """Merged offset intervals of every recorded batch, per (topic, partition): those in
         the warehouse and those pending (which are re-run before anything new is planned, so

@@ -802,6 +802,27 @@ END IF;"""
     def quote(self, name: str) -> str:
         return bq_quote(name)
 
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """One multi-statement query job: ``BEGIN TRANSACTION``, each statement followed by
+        collecting ``@@row_count``, ``COMMIT TRANSACTION``; a failing statement rolls the whole
+        transaction back. Scripts take named parameters, so the i-th ``?`` becomes ``@p<i>``."""
+        params, body = [], []
+        for sql, values in statements:
+            parts = sql.split("?")
+            if len(parts) - 1 != len(values):
+                raise ValueError(f"{len(values)} parameters for {len(parts) - 1} placeholders")
+            text = parts[0]
+            for value, rest in zip(values, parts[1:]):
+                name = f"p{len(params)}"
+                params.append(_param(name, value))
+                text += f"@{name}{rest}"
+            body.append(f"{text};\n  SET _cx360_counts = ARRAY_CONCAT(_cx360_counts, "
+                        f"[@@row_count]);")
+        script = ("DECLARE _cx360_counts ARRAY<INT64> DEFAULT [];\nBEGIN TRANSACTION;\n  "
+                  + "\n  ".join(body) + "\nCOMMIT TRANSACTION;\nSELECT _cx360_counts;")
+        rows, _ = self._job(script, params)
+        return [int(n) for n in rows[0][0]] if rows else []
+
     def close(self) -> None:
         client, self.client = getattr(self, "client", None), None
         if client is not None:

@@ -313,6 +313,23 @@ class DuckDBWarehouse(Warehouse):
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        counts = []
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                for sql, params in statements:
+                    row = self.con.execute(sql, list(params)).fetchone()  # DML: (rows,)
+                    counts.append(int(row[0]) if row else 0)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        # The BI snapshot must not keep what was just deleted (cx360 forget): it is published
+        # again now or, at the latest, when this warehouse is closed.
+        self.changed()
+        return counts
+
     def close(self) -> None:
         if getattr(self, "_changed", False) and getattr(self, "con", None) is not None:
             self.publish_snapshot()

@@ -258,6 +258,14 @@ class PostgresWarehouse(Warehouse):
             names = [d.name for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        counts = []
+        with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
+            for sql, params in statements:
+                cur.execute(sql.replace("?", "%s"), list(params) or None)
+                counts.append(max(cur.rowcount, 0))
+        return counts
+
     def close(self) -> None:
         conn, self.conn = getattr(self, "conn", None), None
         if conn is not None:

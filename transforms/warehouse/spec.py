@@ -385,11 +385,13 @@ IDENTITY_LINKS = TableSpec(
         C("id_a", "STRING", "Typed identifier (acct:, ck:, em:<hmac>, ph:<hmac>, sh:).", False),
         C("id_b", "STRING", "The other identifier (id_a < id_b).", False),
         C("first_seen", "TIMESTAMP", "Event time of the first event carrying both.", False),
-        C("event_id", "STRING", "That event.", False),
+        C("event_id", "STRING", "That event (the smallest id among equal times).", False),
         C("batch_id", "STRING", "Micro-batch that recorded the link."),
     ),
     key=("id_a", "id_b"),
-    merge="ignore",
+    # replace: stitching rewrites a link only when a batch saw it earlier (a late event), so
+    # the row is the earliest sighting whatever the batch boundaries were.
+    merge="replace",
     cluster_by=("id_a",),
     doc="Edges of the identity graph: two identifiers seen on one event.",
 )
