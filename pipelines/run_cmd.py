@@ -11,6 +11,7 @@ import threading
 import time
 
 from cx360.pipelines.cli import UserError
+from cx360.transforms.warehouse import display_url
 from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
                                      kafka_config_from_args, registry_from_args,
                                      topics_from_args)
@@ -180,7 +181,7 @@ def summarize(results, elapsed: float, warehouse_url: str) -> dict:
             "reconciled": all(v["reconciled"] for v in per_topic.values()),
             "elapsed_s": round(elapsed, 2),
             "records_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
-            "warehouse": warehouse_url}
+            "warehouse": display_url(warehouse_url)}
 
 
 def print_summary(summary: dict, out=sys.stdout) -> None:
@@ -272,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         args.progress == "auto" and sys.stderr.isatty()))
     progress = Progress() if show_progress else None
     log.info("pipeline starting", extra={"cx360": {
-        "event": "run_started", "once": args.once, "warehouse": config.warehouse_url,
+        "event": "run_started", "once": args.once,
+        "warehouse": display_url(config.warehouse_url),
         "topics": config.topics, "group_id": config.group_id}})
     stop = threading.Event()
     if not args.once:
