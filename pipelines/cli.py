@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cx360.pipelines.run_cmd",
     "cx360.pipelines.stream_cmd",
     "cx360.pipelines.summary_cmd",
+    "cx360.pipelines.report_cmd",
     "cx360.pipelines.sentiment_cmd",
     "cx360.pipelines.eval_cmd",
     "cx360.pipelines.forget_cmd",

@@ -84,7 +84,7 @@ def evaluate_sentiment(rows: list[dict], scorer=None) -> dict:
     """The report as a dict: ``{"groups": {group: metrics}, "lexicon_version", ...}``."""
     from cx360.transforms.evaluation import (accuracy, confusion_matrix, macro_f1, per_class,
                                              set_prf)
-    from cx360.transforms.sentiment import SentimentScorer
+    from cx360.transforms.sentiment import SentimentScorer, label_for
 
     scorer = scorer or SentimentScorer(text_cache_size=0)
     scores = scorer.score_many([row["text"] for row in rows])
@@ -100,6 +100,10 @@ def evaluate_sentiment(rows: list[dict], scorer=None) -> dict:
             "n": len(idx),
             "accuracy": accuracy(gold, pred),
             "macro_f1": macro_f1(gold, pred, LABELS),
+            # The label a plain threshold on ``polarity`` would give (for English in the default
+            # mode: textblob's polarity alone), to show what the CX label score adds.
+            "polarity_macro_f1": macro_f1(gold, [label_for(scores[i]["polarity"]) for i in idx],
+                                          LABELS),
             "per_class": per_class(gold, pred, LABELS),
             "confusion": confusion_matrix(gold, pred, LABELS),
             "aspects": set_prf([rows[i].get("aspects", []) for i in idx],
@@ -129,11 +133,11 @@ def format_report(report: dict, path: pathlib.Path | None = None,
     lines.append(f"lexicon version: {report['lexicon_version']}")
     lines.append("")
     lines.append(f"{'group':<12} {'n':>4} {'accuracy':>9} {'macro-F1':>9} {'aspect-F1':>10} "
-                 f"{'lang-ok':>8}")
+                 f"{'lang-ok':>8} {'polarity-F1':>12}")
     for group, m in report["groups"].items():
         lines.append(f"{GROUP_NAMES[group]:<12} {m['n']:>4} {m['accuracy']:>9.3f} "
                      f"{m['macro_f1']:>9.3f} {m['aspects']['f1']:>10.3f} "
-                     f"{m['language_detected']:>8.3f}")
+                     f"{m['language_detected']:>8.3f} {m['polarity_macro_f1']:>12.3f}")
     for group, m in report["groups"].items():
         lines.append("")
         lines.append(f"{GROUP_NAMES[group]} confusion (rows gold, columns predicted):")

@@ -9,13 +9,15 @@ ingestion, so the raw value is never stored), an account id, a cookie id, a soci
 a typed identifier (``em:<hash>``). The command finds the customer's component, deletes its
 identity rows (map, links, merges), its touchpoint facts, its web events and its inbound
 posts in one transaction, and records every erased identifier in ``erasures``; later runs
-and replays drop events carrying an erased identifier. Run it while no pipeline writes to the
-warehouse (DuckDB allows one writer). Exit 0 when something was erased, 1 when nothing
+and replays drop events carrying an erased identifier. Works on every warehouse backend
+(DuckDB, PostgreSQL, BigQuery). On DuckDB run it while no pipeline writes (one writer per
+file). Exit 0 when something was erased, 1 when nothing
 matched.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import time
 
@@ -33,93 +35,109 @@ def register(sub) -> None:
     parser.set_defaults(handler=run)
 
 
+def _mark(warehouse) -> str:
+    """The parameter placeholder of ``warehouse.query`` (PostgreSQL: %s; DuckDB, BigQuery: ?)."""
+    return "%s" if warehouse.paramstyle == "format" else "?"
+
+
 def _candidates(warehouse, raw: str) -> list[str]:
     from cx360.transforms.identity import HANDLE, Pseudonymiser
 
     raw = raw.strip()
     if raw.startswith("@"):
         pattern = f"{HANDLE}:%:{raw.lower()}"
-        return sorted({r[0] for r in warehouse.query(
-            "SELECT identifier FROM identity_map WHERE identifier LIKE ? UNION "
-            "SELECT identifier FROM customer_touchpoints WHERE identifier LIKE ?",
-            [pattern, pattern])})
+        found = set()
+        for table in ("identity_map", "customer_touchpoints"):
+            found |= {r[0] for r in warehouse.query(
+                f"SELECT DISTINCT identifier FROM {table} WHERE identifier LIKE "
+                f"{_mark(warehouse)}", [pattern])}
+        return sorted(found)
     platform, _, handle = raw.partition(":")
     if handle.startswith("@") and platform.isalpha():
         return [f"{HANDLE}:{platform}:{handle.lower()}"]
     return Pseudonymiser().identifier(raw)
 
 
+def _utc(warehouse, ms: int):
+    """A TIMESTAMP parameter: DuckDB's TIMESTAMP is naive UTC, the others take an instant."""
+    from cx360.transforms.warehouse.duckdb_backend import DuckDBWarehouse
+
+    value = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return value.replace(tzinfo=None) if isinstance(warehouse, DuckDBWarehouse) else value
+
+
 def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
-    """Erase the customer behind ``raw``; returns what was deleted (counts per table)."""
-    from cx360.transforms.identity import implicit_key
+    """Erase the customer behind ``raw``; returns what was deleted (counts per table).
+
+    Backend-neutral (DuckDB, PostgreSQL, BigQuery): look-ups go through ``select_where_in``
+    and plain SQL, the deletions and the erasure records through ONE
+    ``Warehouse.execute_transaction``, so a failure erases nothing."""
+    from cx360.transforms.identity import ACCOUNT, ANONYMOUS_KEY, implicit_key
     from cx360.transforms.warehouse.spec import TABLES
 
     warehouse.ensure_tables(TABLES.values())
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     candidates = _candidates(warehouse, raw)
-    keys, identifiers = set(), set()
-    for identifier in candidates:
-        row = warehouse.query("SELECT customer_key FROM identity_map WHERE identifier = ?",
-                              [identifier])
-        seen = row or warehouse.query(
-            "SELECT 1 FROM customer_touchpoints WHERE identifier = ? LIMIT 1", [identifier])
-        if seen:
-            keys.add(row[0][0] if row else implicit_key(identifier))
-            identifiers.add(identifier)
+    mapped = dict(warehouse.select_where_in("identity_map", "identifier", candidates,
+                                            ("identifier", "customer_key")))
+    touched = {r[0] for r in warehouse.select_where_in(
+        "customer_touchpoints", "identifier", [c for c in candidates if c not in mapped],
+        ("DISTINCT identifier",))}
+    keys = {mapped[c] for c in candidates if c in mapped} | {implicit_key(c) for c in touched}
+    identifiers = set(mapped) | touched
     if not keys:
         return {"identifier_types": sorted({c.split(":")[0] for c in candidates}),
                 "customers": 0, "identifiers": 0, "deleted": {}}
-    for key in sorted(keys):
-        identifiers |= {r[0] for r in warehouse.query(
-            "SELECT identifier FROM identity_map WHERE customer_key = ?", [key])}
-        identifiers |= {r[0] for r in warehouse.query(
-            "SELECT DISTINCT t.identifier FROM customer_touchpoints t LEFT JOIN identity_map m "
-            "USING (identifier) WHERE m.identifier IS NULL AND "
-            "cx360_implicit_key(t.identifier) = ?", [key])}
+    identifiers |= {r[0] for r in warehouse.select_where_in(
+        "identity_map", "customer_key", sorted(keys), ("identifier",))}
+    # Facts of identifiers without a map row belong to their implicit key: for an account key
+    # that is the account itself; a 'K…' key (sha256 of one identifier) is the implicit key of
+    # that identifier only, which is a candidate (map rows are never deleted but here).
+    accounts_as_keys = [f"{ACCOUNT}:{k}" for k in keys if not ANONYMOUS_KEY.fullmatch(k)]
+    identifiers |= {r[0] for r in warehouse.select_where_in(
+        "customer_touchpoints", "identifier", accounts_as_keys, ("DISTINCT identifier",))}
     ids = sorted(identifiers)
     accounts = [i.split(":", 1)[1] for i in ids if i.startswith("acct:")]
     cookies = [i.split(":", 1)[1] for i in ids if i.startswith("ck:")]
-    deleted: dict[str, int] = {}
-
-    def run(table: str, sql: str, params: list) -> None:
-        deleted[table] = deleted.get(table, 0) + warehouse.query(sql, params)[0][0]
-
-    marks = ", ".join("?" for _ in ids)
     key_list = sorted(keys)
-    key_marks = ", ".join("?" for _ in key_list)
-    warehouse.query("BEGIN TRANSACTION")
-    try:
-        run("inbound_posts", f"DELETE FROM inbound_posts WHERE event_id IN (SELECT event_id "
-            f"FROM customer_touchpoints WHERE identifier IN ({marks}))", ids)
-        run("customer_touchpoints",
-            f"DELETE FROM customer_touchpoints WHERE identifier IN ({marks})", ids)
-        if accounts or cookies:
-            a_marks = ", ".join("?" for _ in accounts) or "NULL"
-            c_marks = ", ".join("?" for _ in cookies) or "NULL"
-            run("web_events", f"DELETE FROM web_events WHERE account_id IN ({a_marks}) "
-                f"OR cookie_id IN ({c_marks})", accounts + cookies)
-        run("identity_links", f"DELETE FROM identity_links WHERE id_a IN ({marks}) "
-            f"OR id_b IN ({marks})", ids + ids)
-        run("identity_map", f"DELETE FROM identity_map WHERE identifier IN ({marks})", ids)
-        run("identity_merges", f"DELETE FROM identity_merges WHERE from_key IN ({key_marks}) "
-            f"OR to_key IN ({key_marks})", key_list + key_list)
-        key_of = {i: next(iter(sorted(keys))) for i in ids}
-        for identifier in ids:
-            warehouse.query("INSERT INTO erasures VALUES (?, ?, make_timestamp(? * 1000)) "
-                            "ON CONFLICT DO NOTHING", [identifier, key_of[identifier], now_ms])
-        warehouse.query("COMMIT")
-    except BaseException:
-        warehouse.query("ROLLBACK")
-        raise
+
+    def marks(values) -> str:
+        return ", ".join("?" for _ in values) or "NULL"
+
+    statements: list[tuple[str, str, list]] = [
+        ("inbound_posts", f"DELETE FROM inbound_posts WHERE event_id IN (SELECT event_id "
+         f"FROM customer_touchpoints WHERE identifier IN ({marks(ids)}))", ids),
+        ("customer_touchpoints",
+         f"DELETE FROM customer_touchpoints WHERE identifier IN ({marks(ids)})", ids)]
+    if accounts or cookies:
+        statements.append(("web_events", f"DELETE FROM web_events WHERE account_id IN "
+                           f"({marks(accounts)}) OR cookie_id IN ({marks(cookies)})",
+                           accounts + cookies))
+    statements += [
+        ("identity_links", f"DELETE FROM identity_links WHERE id_a IN ({marks(ids)}) "
+         f"OR id_b IN ({marks(ids)})", ids + ids),
+        ("identity_map", f"DELETE FROM identity_map WHERE identifier IN ({marks(ids)})", ids),
+        ("identity_merges", f"DELETE FROM identity_merges WHERE from_key IN "
+         f"({marks(key_list)}) OR to_key IN ({marks(key_list)})", key_list + key_list)]
+    erased_at = _utc(warehouse, now_ms)
+    for identifier in ids:  # insert-if-absent in SQL all three accept (no ON CONFLICT)
+        statements.append(("erasures", "INSERT INTO erasures (identifier, customer_key, "
+                           "erased_at) SELECT ?, ?, ? FROM (SELECT 1 AS one) AS o WHERE NOT "
+                           "EXISTS (SELECT 1 FROM erasures WHERE identifier = ?)",
+                           [identifier, key_list[0], erased_at, identifier]))
+    counts = warehouse.execute_transaction([(sql, params) for _, sql, params in statements])
+    deleted: dict[str, int] = {}
+    for (table, _, _), n in zip(statements, counts):
+        deleted[table] = deleted.get(table, 0) + n
+    recorded = deleted.pop("erasures", 0)
     return {"identifier_types": sorted({i.split(":")[0] for i in ids}),
-            "customers": len(keys), "identifiers": len(ids), "deleted": deleted}
+            "customers": len(keys), "identifiers": len(ids), "erasures_recorded": recorded,
+            "deleted": deleted}
 
 
 def run(args: argparse.Namespace) -> int:
     from cx360.transforms.warehouse import WarehouseError, open_warehouse
 
-    if not args.warehouse.startswith("duckdb:") and not args.warehouse.endswith(".duckdb"):
-        raise UserError("forget supports the DuckDB warehouse only (see docs/identity.md)")
     try:
         warehouse = open_warehouse(args.warehouse)
     except WarehouseError as exc:

@@ -45,6 +45,11 @@ from cx360.schemas.codec import AvroCodec, strip_logical_types
 from cx360.schemas.registry import SUBJECT_BY_ROLE, FileSchemaRegistry
 
 SECOND_MS = 1000
+#: Share of logins that tick "stay logged in": later visits from that device are logged in
+#: from their first event (how most shops and apps keep returning customers identified).
+REMEMBER_LOGIN = 0.6
+#: Chance that a logged-in visit of a customer with social accounts connects them in the shop.
+LINK_SOCIAL = 0.5
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
@@ -453,7 +458,8 @@ class _Person:
     """A customer (``cid`` set), a public social user or an anonymous web visitor."""
 
     __slots__ = ("cid", "pid", "first", "last", "lang", "account_id", "email", "phone",
-                 "cookies", "handles", "platforms", "brands", "linked", "orders", "followers")
+                 "cookies", "handles", "platforms", "brands", "linked", "orders", "followers",
+                 "remembered")
 
     def __init__(self, pid: str, cid: str | None, first: str, last: str, lang: str):
         self.pid, self.cid, self.first, self.last, self.lang = pid, cid, first, last, lang
@@ -465,6 +471,7 @@ class _Person:
         self.linked: list[str] = []                 # platforms linked to the shop account
         self.orders: list[str] = []
         self.followers = 0
+        self.remembered: set[str] = set()           # cookies with a persistent login
 
 
 class _BrandInfo:
@@ -1022,7 +1029,12 @@ class _World:
         viewed = [landing_product] if landing_product else []
         account = None
         login_step = -1
-        if is_customer and rng.random() < 0.5:
+        if is_customer and cookie in person.remembered:
+            # "Stay logged in" on this device: the visit is logged in from its first event.
+            account = person.account_id
+            base["account_id"] = account
+            out[0][2]["account_id"] = account
+        elif is_customer and rng.random() < 0.5:
             login_step = rng.randrange(0, 4)
         steps = 1 + min(int(rng.expovariate(0.45)), 10)
         for step in range(steps):
@@ -1032,6 +1044,8 @@ class _World:
                 base["account_id"] = account
                 add("login", t, page_type="account", page_url="/login",
                     email=self._email_variant(person) if rng.random() < 0.3 else None)
+                if rng.random() < REMEMBER_LOGIN:
+                    person.remembered.add(cookie)
                 t += int(rng.expovariate(1.0 / gap)) + SECOND_MS
             r = rng.random()
             if r < 0.55:
@@ -1045,10 +1059,9 @@ class _World:
             else:
                 page = _choice(rng, (("support", "/hilfe"), ("home", "/"), ("account", "/konto")))
                 add("page_view", t, page_type=page[0], page_url=page[1])
-        if account and person.handles and rng.random() < 0.5:
-            unlinked = [p for p in person.platforms if p not in person.linked]
-            if unlinked:
-                platform = unlinked[0]
+        if account and person.handles and rng.random() < LINK_SOCIAL:
+            # "Connect your social accounts" in the shop's profile: all of them at once.
+            for platform in [p for p in person.platforms if p not in person.linked]:
                 person.linked.append(platform)
                 t += int(rng.expovariate(1.0 / gap)) + SECOND_MS
                 add("account_link", t, page_type="account", page_url="/konto/social",

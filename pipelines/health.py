@@ -46,11 +46,29 @@ def ledger_ends(warehouse) -> dict[tuple[str, int], int]:
 def newest_event_times(warehouse) -> dict[tuple[str, int], int]:
     """Newest event_time (epoch ms) per (topic, partition) in the de-duplication ledger."""
     try:
-        rows = warehouse.query('SELECT topic, "partition", max(event_time) FROM _cx360_event_ids '
-                               'GROUP BY topic, "partition"')
+        part = warehouse.quote("partition")
+        rows = warehouse.query(f"SELECT topic, {part}, max(event_time) FROM _cx360_event_ids "
+                               f"GROUP BY topic, {part}")
     except Exception:  # no ledger yet: nothing processed
         return {}
     return {(r[0], int(r[1])): _epoch_ms(r[2]) for r in rows if r[2] is not None}
+
+
+def streaming_progress(warehouse) -> tuple[dict[tuple[str, int], int],
+                                           dict[tuple[str, int], int]]:
+    """(position, newest record time in epoch ms) per (topic, partition) from the health rows
+    of a streaming job (transforms/stream_health.py): a streaming deployment has no batch
+    ledger and no de-duplication ledger in the warehouse, so `cx360 health` reads these."""
+    part = warehouse.quote("partition")
+    try:
+        rows = warehouse.query(f"SELECT topic, {part}, max(position), max(max_event_time) "
+                               "FROM pipeline_health WHERE batch_id LIKE 'stream:%' "
+                               f"GROUP BY topic, {part}")
+    except Exception:  # no health table yet
+        return {}, {}
+    positions = {(r[0], int(r[1])): int(r[2]) for r in rows if r[2] is not None}
+    newest = {(r[0], int(r[1])): _epoch_ms(r[3]) for r in rows if r[3] is not None}
+    return positions, newest
 
 
 def _epoch_ms(value) -> int:
@@ -112,8 +130,8 @@ def health_rows(batch, result, positions, watermarks, newest, dead_by_partition,
 def _dead_by_partition(warehouse, batch_id: str) -> dict[tuple[str, int], dict[str, int]]:
     if not all(c.isalnum() or c in "-_." for c in batch_id):
         raise ValueError(f"unexpected batch id {batch_id!r}")
-    rows = warehouse.query('SELECT topic, "partition", reason, count(*) FROM dead_letters '
-                           f"WHERE batch_id = '{batch_id}' GROUP BY 1, 2, 3")
+    rows = warehouse.query(f"SELECT topic, {warehouse.quote('partition')}, reason, count(*) "
+                           f"FROM dead_letters WHERE batch_id = '{batch_id}' GROUP BY 1, 2, 3")
     out: dict[tuple[str, int], dict[str, int]] = {}
     for topic, partition, reason, count in rows:
         out.setdefault((topic, int(partition)), {})[reason] = int(count)

@@ -9,6 +9,8 @@ exits 0 (ok), 1 (warn) or 2 (critical), for cron jobs and alerting. Checks:
 * lag: high watermark minus the end of the offsets the warehouse holds, summed over the event
   topics' partitions;
 * freshness: now minus the newest event_time in the warehouse, for the stalest event topic;
+  (a streaming deployment's warehouse: position and newest Kafka record time from its
+  per-interval pipeline_health rows, see transforms/stream_health.py)
 * dead_letter_rate: dead letters / records of the batches recorded in --rate-window;
 * pending_batches: batches pending longer than --max-pending-age (an interrupted run; warn).
 
@@ -118,8 +120,8 @@ def collect(args: argparse.Namespace) -> list:
     from cx360.pipelines.health import (CRITICAL, WARN, Check, check_dead_letters,
                                         check_freshness, check_lag, check_pending,
                                         event_topics, lag_by_partition, ledger_ends,
-                                        newest_event_times,
-                                        recent_volume)
+                                        newest_event_times, recent_volume,
+                                        streaming_progress)
     from cx360.transforms.kafka_io import KafkaUnavailable
 
     t = thresholds_from_args(args)
@@ -134,6 +136,12 @@ def collect(args: argparse.Namespace) -> list:
         now_ms = int(time.time() * 1000)
         ends = ledger_ends(warehouse)
         newest = newest_event_times(warehouse)
+        # A streaming deployment (cx360 stream) has no ledgers: its health rows say where it is.
+        stream_ends, stream_newest = streaming_progress(warehouse)
+        for tp, position in stream_ends.items():
+            ends[tp] = max(ends.get(tp, 0), position)
+        for tp, ms in stream_newest.items():
+            newest[tp] = max(newest.get(tp, ms), ms)
         records_in, dead = recent_volume(warehouse, now_ms - int(t.rate_window_s * 1000),
                                          event_topics(topics))
         pending = [(b.batch_id, b.created_ms) for b in warehouse.batches("pending")]

@@ -59,12 +59,13 @@ class ComputeKpisFn(beam.DoFn):
     """A list of unique events -> ``(table, rows)`` parts of every KPI table. The sentiment
     scorer (lexicons) is loaded once per worker in setup()."""
 
-    def __init__(self, window_sizes: tuple[int, ...]):
+    def __init__(self, window_sizes: tuple[int, ...], sliding: tuple[tuple[int, int], ...] = ()):
         self.window_sizes = window_sizes
+        self.sliding = sliding
         self._computer = None
 
     def setup(self):
-        self._computer = KpiComputer(self.window_sizes, shared_scorer())
+        self._computer = KpiComputer(self.window_sizes, shared_scorer(), self.sliding)
 
     def process(self, events: list[dict]):
         yield EVENT_COUNTS.name, count_events(events, self.window_sizes)
@@ -87,6 +88,7 @@ class JobSettings:
     batch_id: str
     now_ms: int                      # the batch's recorded clock (future-timestamp checks)
     window_sizes: tuple[int, ...] = (3600, 86400)
+    sliding: tuple[tuple[int, int], ...] = ()   # (size, period) of sliding KPI windows
     buckets: int = 16
     read_batch_size: int = 2000
     max_future_ms: int = 15 * 60 * 1000
@@ -112,7 +114,7 @@ class ProcessEvents(beam.PTransform):
                        EVENT_ID_ROWS, main="events"))
         # Events of erased customers (`cx360 forget`) go no further than the ledger.
         kept = deduped.events | "DropErased" >> beam.ParDo(DropErasedFn(s.warehouse_url))
-        kpis = kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+        kpis = kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes, s.sliding))
         identity = kept | "StitchIdentities" >> StitchIdentities(
             s.warehouse_url, s.batch_id, s.now_ms)
         brands = batches.pipeline | "Brands" >> beam.Create([(BRANDS.name, list(s.brands))])

@@ -41,6 +41,7 @@ class RunConfig:
     start_from: str = "committed"          # committed | earliest | epoch ms, for every topic
     start_from_topic: dict = dataclasses.field(default_factory=dict)  # topic -> same, overrides
     window_sizes: tuple[int, ...] = (3600, 86400)
+    sliding: tuple[tuple[int, int], ...] = ()   # (size, period) of sliding KPI windows
     max_future_ms: int = 15 * 60 * 1000
     max_batch_records: int | None = None   # per partition; None = everything available
     runner: str = "FnApiRunner"
@@ -92,6 +93,8 @@ class BatchResult:
     event_time_max: dict[str, int] = dataclasses.field(default_factory=dict)  # topic -> ms
     health: list[dict] = dataclasses.field(default_factory=list)  # pipeline_health rows
     phases: dict = dataclasses.field(default_factory=dict)  # parallel mode: seconds per phase
+    # table -> rows the warehouse refused one by one (BigQuery); written as dead letters
+    rows_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -183,7 +186,8 @@ def job_settings(config: RunConfig, batch: Batch, topics: dict | None = None) ->
     return JobSettings(
         kafka=config.kafka, registry=config.registry, topics=topics or config.topics,
         warehouse_url=config.warehouse_url, batch_id=batch.batch_id, now_ms=batch.created_ms,
-        window_sizes=config.window_sizes, max_future_ms=config.max_future_ms,
+        window_sizes=config.window_sizes, sliding=config.sliding,
+        max_future_ms=config.max_future_ms,
         read_batch_size=config.read_batch_size, stall_timeout_s=config.stall_timeout_s,
         brands=tuple(config.brands))
 
@@ -225,6 +229,7 @@ def _batch_result(batch: Batch, counters: dict, event_time_max: dict,
         duplicates=_by_topic(counters, "cx360.dedupe/duplicates:"),
         dead_letters=dict(dead),
         rows_written=_by_topic(counters, "cx360.write/rows_written:"),
+        rows_rejected=_by_topic(counters, "cx360.write/rows_rejected:"),
         already_applied=counters.get("cx360.write/batches_already_applied", 0) > 0,
         seconds=time.monotonic() - started,
         event_time_max=event_time_max)

@@ -48,6 +48,7 @@ from cx360.transforms.identity_steps import DropErasedFn, rules_from_env
 from cx360.transforms.kafka_io import PartitionRange
 from cx360.transforms.kafka_source import ReadFromKafkaRanges
 from cx360.transforms.warehouse import TABLES, open_warehouse
+from cx360.transforms.warehouse.sink import write_rows
 from cx360.transforms.warehouse.spec import BRANDS, DEAD_LETTERS, EVENT_IDS
 
 LINKS = "_identity_links_in"   # spool key of the identity links (input of stitching)
@@ -212,7 +213,7 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
         ReadOnlyLedgerDeduplicateFn(s.warehouse_url)).with_outputs(EVENT_ID_ROWS, main="events")
     kept = deduped.events | "DropErased" >> beam.ParDo(DropGivenErasedFn(erased))
     out = SpoolWriteFn(spool, f"q{part}")
-    _ = (kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes))
+    _ = (kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes, s.sliding))
          | "TableKeys" >> beam.Map(lambda kv: (f"table-{kv[0]}", kv[1]))
          | "SpoolKpis" >> beam.ParDo(out))
     _ = (kept | "Links" >> beam.Map(lambda evs: (LINKS, [l for e in evs for l in event_links(e)]))
@@ -422,7 +423,9 @@ class ParallelBatches:
             # 3. the workers start on the next batch while this process writes this one.
             if next_batch is not None:
                 self.start_decode(next_batch, writing=True)
-            written = self._write(batch, settings, decoding.spool)
+            written, rejected = self._write(batch, settings, decoding.spool)
+            for table, count in rejected.items():
+                counters[f"cx360.write/rows_rejected:{table}"] = count
             timings["write_s"] = time.monotonic() - phase
             timings["driver_cpu_s"] = time.process_time() - cpu
         finally:
@@ -434,9 +437,10 @@ class ParallelBatches:
         self._decode_per_record = timings["decode_cpu_s"] / records
         return counters, maxima, written, {k: round(v, 3) for k, v in timings.items()}
 
-    def _write(self, batch, settings, spool: str) -> dict | None:
+    def _write(self, batch, settings, spool: str) -> tuple[dict | None, dict[str, int]]:
         """Identity stitching over the whole batch, then every row and the ledger in one
-        transaction (as WriteBatchFn does for the single job)."""
+        transaction (``sink.write_rows``, as WriteBatchFn does for the single job). Returns
+        (rows written per table or None if applied already, rows rejected per table)."""
         links = [link for part in read_spool(spool, LINKS) for link in part]
         warehouse = open_warehouse(self.config.warehouse_url)
         try:
@@ -446,7 +450,7 @@ class ParallelBatches:
             del links
             extra = {name: list(rows) for name, rows in identity.items()}
             extra.setdefault(BRANDS.name, []).extend(settings.brands)
-            return warehouse.write_batch(batch.batch_id, SpooledRows(spool, extra), TABLES)
+            return write_rows(warehouse, batch.batch_id, SpooledRows(spool, extra))
         finally:
             warehouse.close()
 

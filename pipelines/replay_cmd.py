@@ -34,7 +34,7 @@ from cx360.pipelines.cli import UserError
 from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
                                      kafka_config_from_args, registry_from_args,
                                      topics_from_args)
-from cx360.pipelines.run_cmd import add_warehouse_arg
+from cx360.pipelines.run_cmd import add_sliding_arg, add_warehouse_arg
 
 
 def register(sub) -> None:
@@ -49,6 +49,7 @@ def register(sub) -> None:
                              "whole dead-letter topic, skipping resolved dead letters")
     parser.add_argument("--windows", default="1h,1d",
                         help="window sizes, as for `cx360 run` (default 1h,1d)")
+    add_sliding_arg(parser)
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew, as for `cx360 run` (default 15m)")
     parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),

@@ -11,6 +11,7 @@ import threading
 import time
 
 from cx360.pipelines.cli import UserError
+from cx360.transforms.warehouse import display_url
 from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
                                      kafka_config_from_args, registry_from_args,
                                      topics_from_args)
@@ -25,6 +26,13 @@ RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "DataflowRu
 def add_warehouse_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", default=os.environ.get("CX360_WAREHOUSE", DEFAULT_WAREHOUSE),
                         help=f"warehouse URL (env CX360_WAREHOUSE; default {DEFAULT_WAREHOUSE})")
+
+
+def add_sliding_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sliding", default="",
+                        help="sliding KPI windows SIZE/PERIOD, comma-separated, e.g. 1d/1h "
+                             "(24-hour windows every hour) for the social and survey KPIs, "
+                             "in tables of their own (default: none)")
 
 
 def register(sub) -> None:
@@ -42,6 +50,7 @@ def register(sub) -> None:
                         help="consumer group the offsets are committed under (for lag tools)")
     parser.add_argument("--windows", default="1h,1d",
                         help="window sizes, comma-separated (default 1h,1d)")
+    add_sliding_arg(parser)
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew: events stamped further ahead are dead letters")
     parser.add_argument("--max-batch-records", type=int, default=None,
@@ -112,6 +121,13 @@ def build_run_config(args: argparse.Namespace):
         raise UserError("--windows needs at least one window size")
     if any(86400 % s and s % 86400 for s in sizes):
         raise UserError("window sizes must divide a day or be whole days (e.g. 15m, 1h, 1d)")
+    from cx360.transforms.windowed import parse_sliding
+
+    try:
+        families = parse_sliding(getattr(args, "sliding", "") or "", parse_duration)
+    except ValueError as exc:
+        raise UserError(f"--sliding: {exc}") from None
+    sliding = tuple(sorted({(f.size_s, f.period_s) for f in families}))
     start_from, start_from_topic = parse_start_from(args.start_from, topics_from_args(args))
     workers = getattr(args, "workers", 1)  # other commands (replay) share this function
     if workers < 0:
@@ -128,10 +144,10 @@ def build_run_config(args: argparse.Namespace):
     except WarehouseError as exc:
         raise UserError(str(exc)) from None
     url = args.warehouse
-    if url.startswith("duckdb:") or url.endswith(".duckdb"):
-        from cx360.transforms.warehouse.duckdb_backend import duckdb_path
+    from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
 
-        url = "duckdb://" + os.path.abspath(duckdb_path(url))
+    if is_duckdb_url(url):
+        url = absolute_url(url)
     from cx360.transforms.kpis import load_brands
 
     try:
@@ -141,7 +157,7 @@ def build_run_config(args: argparse.Namespace):
     return RunConfig(
         brands=brands, kafka=kafka_config_from_args(args), registry=registry_from_args(args),
         topics=topics_from_args(args), warehouse_url=url, group_id=args.group_id,
-        start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, max_future_ms=max_future_ms,
+        start_from=start_from, start_from_topic=start_from_topic, window_sizes=sizes, sliding=sliding, max_future_ms=max_future_ms,
         max_batch_records=max_batch_records, runner=args.runner, workers=workers,
         beam_args=tuple(args.beam_option))
 
@@ -171,13 +187,17 @@ def summarize(results, elapsed: float, warehouse_url: str) -> dict:
     for r in results:
         for table, n in r.rows_written.items():
             rows[table] = rows.get(table, 0) + n
+    rejected: dict[str, int] = {}
+    for r in results:
+        for table, n in r.rows_rejected.items():
+            rejected[table] = rejected.get(table, 0) + n
     total = sum(v["read"] for v in per_topic.values())
     return {"batches": [r.batch_id for r in results], "topics": per_topic,
-            "rows_written": rows, "records_read": total,
+            "rows_written": rows, "rows_rejected": rejected, "records_read": total,
             "reconciled": all(v["reconciled"] for v in per_topic.values()),
             "elapsed_s": round(elapsed, 2),
             "records_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
-            "warehouse": warehouse_url}
+            "warehouse": display_url(warehouse_url)}
 
 
 def print_summary(summary: dict, out=sys.stdout) -> None:
@@ -196,6 +216,10 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
             print(f"  {topic:<26}{reason:<22}{n:>7}", file=out)
     rows = ", ".join(f"{t} {n}" for t, n in sorted(summary["rows_written"].items()))
     print(f"rows written: {rows or 'none'}", file=out)
+    if summary.get("rows_rejected"):
+        refused = ", ".join(f"{t} {n}" for t, n in sorted(summary["rows_rejected"].items()))
+        print(f"rows refused by the warehouse (now dead letters, stage 'write'): {refused}",
+              file=out)
     print("reconciliation (read = accepted + dead letters): "
           + ("OK" if summary["reconciled"] else "MISMATCH"), file=out)
     rate = summary["records_per_s"]
@@ -265,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
         args.progress == "auto" and sys.stderr.isatty()))
     progress = Progress() if show_progress else None
     log.info("pipeline starting", extra={"cx360": {
-        "event": "run_started", "once": args.once, "warehouse": config.warehouse_url,
+        "event": "run_started", "once": args.once,
+        "warehouse": display_url(config.warehouse_url),
         "topics": config.topics, "group_id": config.group_id}})
     stop = threading.Event()
     if not args.once:

@@ -3,7 +3,7 @@
     printf 'Lieferung kam kaputt an\\nLove it 😍\\n' | cx360 sentiment
 
 Each output line has the text and the keys of ``SentimentScorer.score`` (language, polarity,
-subjectivity, label, emoji_polarity, aspects, method, lexicon_version), in input order, one
+subjectivity, label, label_score, emoji_polarity, aspects, method, lexicon_version), in input order, one
 line per input line (an empty line scores as language ``und``, neutral). Input and output are
 UTF-8 whatever the locale. How scoring works: docs/sentiment.md.
 """

@@ -152,12 +152,13 @@ def build_settings(args: argparse.Namespace):
                 else _seconds("--allowed-lateness", args.allowed_lateness))
     start = parse_start(args.start_from)
     warehouse = args.warehouse
-    if warehouse.startswith("duckdb:") or warehouse.endswith(".duckdb"):
+    from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
+
+    if is_duckdb_url(warehouse):
         from cx360.transforms.warehouse import WarehouseError
-        from cx360.transforms.warehouse.duckdb_backend import duckdb_path
 
         try:
-            warehouse = "duckdb://" + os.path.abspath(duckdb_path(warehouse))
+            warehouse = absolute_url(warehouse)
         except WarehouseError as exc:
             raise UserError(str(exc)) from None
     try:

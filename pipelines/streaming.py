@@ -30,10 +30,13 @@ from cx360.transforms.dead_letters import ProduceDeadLettersFn
 from cx360.transforms.identity import redact_dead_letter
 from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord, PartitionRange, unpack_records
 from cx360.transforms.kafka_source import ReadPartitionRangesFn
+from cx360.transforms.identity_stream import StreamIdentities
 from cx360.transforms.stream_events import StreamEvents
+from cx360.transforms.stream_health import StreamHealth
 from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS
-from cx360.transforms.warehouse.panes import (DEAD_LETTERS, EVENT_COUNT_PANES, WEB_SESSIONS,
-                                              UpsertPanes)
+from cx360.transforms.warehouse.panes import (DEAD_LETTERS, EVENT_COUNT_PANES, HEALTH_PANES,
+                                              WEB_SESSIONS, UpsertPanes)
+from cx360.transforms.warehouse.spec import CUSTOMER_TOUCHPOINTS
 from cx360.transforms.windowed import (EVENT_COUNTS_KPI, WebSessions, WindowFamily,
                                        WindowedKpi, WindowPlan)
 
@@ -71,6 +74,10 @@ class StreamingSettings:
     read_batch_size: int = 2000
     generation: int = dataclasses.field(default_factory=lambda: int(time.time() * 1000))
     fixed_now_ms: int | None = None     # tests only: the clock for future-timestamp checks
+    identity: bool = True               # stitch identities, write customer_touchpoints
+    identity_interval_s: int = 60       # event-time flush interval of the stitching state
+    erasure_refresh_s: float = 60.0     # how often workers re-read the erasure list
+    health_interval_s: int = 60         # pipeline_health rows per interval of Kafka time
 
     def __post_init__(self):
         if self.kafka_source not in KAFKA_SOURCES:
@@ -294,6 +301,18 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     if "web_sessions" in out:
         _ = out["web_sessions"] | "WriteWebSessions" >> UpsertPanes(
             url, WEB_SESSIONS.name, "sessions")
+    plan = settings.plan
+    health = (batches, out["dead_letters"]) | "StreamHealth" >> StreamHealth(
+        settings.health_interval_s, plan.allowed_lateness_s + plan.lateness_slack_s,
+        settings.generation, settings.fixed_now_ms)
+    _ = health | "WriteHealth" >> UpsertPanes(url, HEALTH_PANES.name, "panes")
+    out["health"] = health
+    if settings.identity:
+        identity = out["events"] | "StreamIdentities" >> StreamIdentities(
+            url, settings.identity_interval_s, settings.erasure_refresh_s)
+        _ = identity["touchpoints"] | "WriteTouchpoints" >> UpsertPanes(
+            url, CUSTOMER_TOUCHPOINTS.name, "replace")
+        out["identity"] = identity
     # The warehouse copy withholds e-mails/phones; the dead-letter topic keeps the original.
     _ = (out["dead_letters"]
          | "RedactDeadLetters" >> beam.Map(redact_dead_letter)

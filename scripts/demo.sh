@@ -27,8 +27,8 @@ echo "== 3/5 generating $EVENTS events (German/English social posts, web session
 # The broker starts empty, so the demo starts with an empty warehouse too.
 rm -f "$WAREHOUSE" "$WAREHOUSE.wal"
 cx360 generate --events "$EVENTS" --truth-file data/truth.jsonl
-echo "== 4/5 pipeline: cx360 run --once"
-cx360 run --once --warehouse "duckdb:$WAREHOUSE"
+echo "== 4/5 pipeline: cx360 run --once --sliding 1d/1h (rolling 24-hour KPIs every hour too)"
+cx360 run --once --sliding 1d/1h --warehouse "duckdb:$WAREHOUSE"
 echo "== 5/5 KPI summary from the warehouse"
 cx360 summary --warehouse "duckdb:$WAREHOUSE"
 echo

@@ -20,7 +20,8 @@ loudly with the reason; nothing is skipped.
 
 Command line (what ``make test`` runs before pytest on a fresh machine)::
 
-    python tests/services.py install            # both; apt-get needs root
+    python tests/services.py install            # all three; apt-get needs root
+    python tests/services.py install chromium   # Debian's chromium, for the report test
     python tests/services.py install bigquery   # or: postgres
     python tests/services.py check              # start and stop each once
 """
@@ -114,6 +115,29 @@ def install_postgres() -> pathlib.Path:
     if not bin_dir:
         raise ServiceError("apt-get installed postgresql but no /usr/lib/postgresql/*/bin/postgres")
     return bin_dir
+
+
+def chromium_binary() -> str | None:
+    """Debian's headless-capable Chromium (package ``chromium``), if installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def install_chromium() -> str:
+    """Chromium from apt, if missing (needs root): the report test renders the HTML with it."""
+    exe = chromium_binary()
+    if exe:
+        return exe
+    if os.geteuid() != 0:
+        raise ServiceError("Chromium is not installed and installing it needs root: "
+                           "sudo apt-get update && sudo apt-get install -y chromium")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(["apt-get", "update"], "apt-get update", env=env, timeout=600)
+    _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+         "apt-get install chromium", env=env, timeout=1800)
+    exe = chromium_binary()
+    if not exe:
+        raise ServiceError("apt-get installed chromium but there is no chromium on PATH")
+    return exe
 
 
 @dataclasses.dataclass
@@ -306,8 +330,8 @@ class BigQueryEmulator:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "install"
-    which = argv[1:] or ["postgres", "bigquery"]
-    if command not in ("install", "check") or set(which) - {"postgres", "bigquery"}:
+    which = argv[1:] or ["postgres", "bigquery", "chromium"]
+    if command not in ("install", "check") or set(which) - {"postgres", "bigquery", "chromium"}:
         print(__doc__)
         return 2
     try:
@@ -319,6 +343,8 @@ def main(argv: list[str]) -> int:
                     server = PostgresServer(bin_dir).start()
                     print(f"postgres: ready at {server.url}")
                     server.stop()
+            elif name == "chromium":
+                print(f"chromium: {install_chromium()}")
             else:
                 exe = install_bigquery_emulator()
                 print(f"bigquery emulator: {exe}")

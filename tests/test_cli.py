@@ -52,6 +52,8 @@ def test_topics_create_is_idempotent_and_configurable(kafka):
     (["run", "--once", "--warehouse", "oracle://db"], "unsupported warehouse URL"),
     (["run", "--once", "--windows", "1fortnight"], "not a duration"),
     (["run", "--once", "--windows", "7m"], "window sizes must divide a day"),
+    (["run", "--once", "--sliding", "1d"], "needs SIZE/PERIOD"),
+    (["run", "--once", "--sliding", "1h/25m"], "need a period shorter than the size that divides"),
     (["run", "--once", "--social-topic", "same", "--web-topic", "same"], "its own topic"),
     (["run", "--once", "--security-protocol", "SASL_SSL"], "SASL needs a mechanism"),
     (["run", "--once", "--schema-registry", "/nonexistent"], "has no registry.json"),

@@ -11,6 +11,7 @@ import json
 import re
 
 import duckdb
+import pytest
 
 from cx360.schemas.codec import AvroCodec
 from cx360.schemas.registry import SOCIAL, SURVEY, WEB, FileSchemaRegistry
@@ -291,3 +292,151 @@ def test_merges_are_recorded_with_the_surviving_key():
     assert store.key("ph:p") == "A-9"
     assert [(m["from_key"], m["to_key"], m["identifiers"]) for m in out["identity_merges"]] \
         == [(survivor, "A-9", 4)]
+
+
+# -- erasure on every warehouse backend ----------------------------------------------------------
+
+_datasets = __import__("itertools").count()
+
+
+@pytest.fixture(params=["duckdb",
+                        pytest.param("postgres", marks=pytest.mark.services),
+                        pytest.param("bigquery", marks=[pytest.mark.services,
+                                                        pytest.mark.slow])])
+def warehouse_url(request, tmp_path):
+    """(URL, environment for the cx360 subprocesses) of an empty warehouse on one backend."""
+    import uuid
+
+    if request.param == "duckdb":
+        return f"duckdb:{tmp_path}/w.duckdb", {}
+    name = f"forget_{uuid.uuid4().hex[:8]}"
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        return f"{server.url}?schema={name}", {"PGPASSWORD": server.password}
+    emulator = request.getfixturevalue("bigquery_emulator")
+    return f"bigquery://{emulator.project}/{name}?endpoint={emulator.endpoint}", {}
+
+
+def _wh_query(url, env, sql, params=()):
+    """Read from the warehouse behind ``url`` (``?`` placeholders on every backend)."""
+    import os
+
+    from cx360.transforms.warehouse import open_warehouse
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        warehouse = open_warehouse(url)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+        if warehouse.paramstyle == "format":
+            sql = sql.replace("?", "%s")
+        return [tuple(r) for r in warehouse.query(sql, list(params))]
+    finally:
+        warehouse.close()
+
+
+def _run_on(topics, url, env, kafka, *extra):
+    args = ["run", "--once", "--json", "--warehouse", url,
+            "--bootstrap-servers", kafka.bootstrap_servers, *extra]
+    for role, topic in topics.items():
+        args += [f"--{role.replace('_', '-')}-topic", topic]
+    done = cli(*args, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_forget_erases_the_profile_on_every_backend_and_replays_do_not_restore_it(
+        kafka, topics, warehouse_url):
+    url, env = warehouse_url
+    _produce(kafka, topics, BATCH1)
+    _produce(kafka, topics, BATCH2)
+    _run_on(topics, url, env, kafka)
+    # Anna's component (worked out in the module docstring): her account, the phone and laptop
+    # cookies, her e-mail, her phone and the instagram handle; the tablet is shared (own key).
+    anna_ids = sorted(["acct:" + ANNA, "ck:ck-anna-phone", "ck:ck-anna-laptop",
+                       "sh:instagram:@anna_k",
+                       "em:" + Pseudonymiser(DEMO_KEY).email("anna.k@example.org"),
+                       "ph:" + Pseudonymiser(DEMO_KEY).phone("0151 2345678")])
+    assert sorted(r[0] for r in _wh_query(
+        url, env, "SELECT identifier FROM identity_map WHERE customer_key = ?", [ANNA])) \
+        == anna_ids
+    # Her facts: w1-w4, w6, w9 (web), p1 (social), v1 (survey); Bob's w7, w8; the tablet's w5.
+    assert _wh_query(url, env, "SELECT count(*) FROM customer_touchpoints") == [(11,)]
+
+    done = cli("forget", "--identifier", "Anna.K@example.ORG", "--warehouse", url, "--json",
+               env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "anna" not in (done.stdout + done.stderr).lower()
+    report = json.loads(done.stdout)
+    # 8 distinct links (stars per event): A-ck_phone, A-em, A-tablet, A-ck_laptop, A-handle,
+    # em-ph (survey), B-tablet, B-em_bob; Anna's identifiers touch the first six.
+    assert (report["customers"], report["identifiers"], report["erasures_recorded"]) == (1, 6, 6)
+    assert report["deleted"] == {"customer_touchpoints": 8, "inbound_posts": 1,
+                                 "web_events": 6, "identity_links": 6, "identity_map": 6,
+                                 "identity_merges": 0}
+    assert sorted(_wh_query(url, env, "SELECT identifier, customer_key FROM erasures")) == \
+        [(i, ANNA) for i in anna_ids]
+    if url.startswith("duckdb:"):   # the read-only BI snapshot was published again, without her
+        snapshot = url[len("duckdb:"):].replace(".duckdb", "-bi.duckdb")
+        assert _query(snapshot, "SELECT count(*) FROM customer_touchpoints") == [(3,)]  # 11 - 8
+        assert _query(snapshot, "SELECT count(*) FROM erasures") == [(6,)]
+
+    _produce(kafka, topics, AFTER_FORGET)        # Anna comes back: she must stay forgotten
+    _run_on(topics, url, env, kafka)
+    _run_on(topics, url, env, kafka, "--from", "earliest")
+    for table, column in (("customer_touchpoints", "identifier"), ("identity_map", "identifier"),
+                          ("identity_links", "id_a"), ("identity_links", "id_b")):
+        assert _wh_query(url, env, f"SELECT count(*) FROM {table} WHERE {column} IN "
+                                   "(SELECT identifier FROM erasures)") == [(0,)], table
+    assert _wh_query(url, env, "SELECT count(*) FROM web_events WHERE account_id = ? OR "
+                               "cookie_id IN ('ck-anna-phone', 'ck-anna-laptop')",
+                     [ANNA]) == [(0,)]
+    assert _wh_query(url, env, "SELECT count(*) FROM inbound_posts") == [(0,)]
+    # What is left: Bob (w7, w8 and the new w11), the tablet's w5; v2 and w10 were dropped.
+    assert sorted(_wh_query(url, env, "SELECT identifier, count(*) FROM customer_touchpoints "
+                                      "GROUP BY identifier")) == \
+        [("acct:" + BOB, 3), ("ck:ck-tablet", 1)]
+    assert sorted(r[0] for r in _wh_query(url, env, "SELECT identifier FROM identity_map")) == \
+        sorted(["acct:" + BOB, "ck:ck-tablet",
+                "em:" + Pseudonymiser(DEMO_KEY).email("bob@example.net")])
+    assert _wh_query(url, env, "SELECT count(*) FROM erasures") == [(6,)]
+    # A second erasure of the same customer finds nothing and records nothing twice.
+    again = cli("forget", "--identifier", "A-00000001", "--warehouse", url, "--json", env=env)
+    assert again.returncode == 1 and json.loads(again.stdout)["customers"] == 0
+
+
+def _stitched(links_in_arrival_order, cuts):
+    store = MemoryGraphStore()
+    for i, (start, stop) in enumerate(zip([0, *cuts], [*cuts, len(links_in_arrival_order)])):
+        store.apply(stitch(links_in_arrival_order[start:stop], store, IdentityRules(), set(),
+                           f"b{i}", T0))
+    links = {k: v for adjacent in store.adjacent.values() for k, v in adjacent.items()}
+    return store.keys, store.shared, links
+
+
+def test_the_graph_does_not_depend_on_batch_boundaries_or_arrival_order():
+    """A crash-restarted run cuts micro-batches elsewhere than a clean run, and late events
+    arrive after later ones: the identity tables must end the same (tests/test_exactly_once.py
+    checks it end to end after SIGKILLs)."""
+    import random
+
+    from cx360.pipelines.generator import GeneratorConfig, generate
+
+    records = list(generate(GeneratorConfig(seed=5, events=10000, start_ms=T0,
+                                            duration_s=6 * 3600, now_ms=T0 + 7 * 3_600_000)))
+    pseudo = Pseudonymiser(DEMO_KEY)
+    links = [link for r in records if r.event
+             for link in event_links(pseudo.apply(dict(r.event, _role=r.role)))]
+    assert len({(l["id_a"], l["id_b"]) for l in links}) > 300
+    clean = _stitched(sorted(links, key=lambda l: (l["first_seen"], l["event_id"])), [])
+    assert any(k.startswith("K") for k in clean[0].values())      # anonymous components too
+    assert clean[1]                                                # and shared devices
+    rng = random.Random(9)
+    for _ in range(4):
+        shuffled = links[:]
+        rng.shuffle(shuffled)                                      # late events everywhere
+        cuts = sorted(rng.sample(range(1, len(shuffled)), 25))
+        assert _stitched(shuffled, cuts) == clean

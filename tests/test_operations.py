@@ -309,3 +309,25 @@ def test_monitoring_and_flink_files_parse_and_use_the_exported_metrics():
     for path in (REPO / "deploy/flink").glob("*.yaml"):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert docs and all("kind" in d and "apiVersion" in d for d in docs), path
+
+
+def test_flink_cluster_and_job_server_are_a_pair_this_beam_publishes():
+    """The Flink version of the cluster, the job server image and the installed Beam SDK must
+    match: Beam publishes one job server per supported Flink minor version and release."""
+    import apache_beam
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+
+    cluster = yaml.safe_load((REPO / "deploy/flink/flink-deployment.yaml").read_text())
+    flink = cluster["spec"]["flinkVersion"]                      # e.g. v1_19
+    minor = flink.removeprefix("v").replace("_", ".")
+    assert cluster["spec"]["image"].startswith(f"flink:{minor}")
+    assert minor in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    images = [c["image"]
+              for d in yaml.safe_load_all((REPO / "deploy/flink/beam-job-server.yaml").read_text())
+              if d and d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"]["containers"]]
+    assert images == [f"apache/beam_flink{minor}_job_server:{apache_beam.__version__}"]
+    # The SDK worker image (Dataflow and the Flink sidecar) is built on the same Beam release.
+    dockerfile = (REPO / "deploy/dataflow/Dockerfile").read_text()
+    assert re.search(rf"^ARG BEAM_VERSION={re.escape(apache_beam.__version__)}$", dockerfile,
+                     re.M), "deploy/dataflow/Dockerfile: BEAM_VERSION differs from the SDK"

@@ -46,7 +46,8 @@ def _dump(path):
             cols = [r[0] for r in con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
                 "ORDER BY ordinal_position", [table]).fetchall()]
-            keep = [c for c in cols if "batch" not in c and c not in ("failed_at", "updated_at")]
+            keep = [c for c in cols if "batch" not in c
+                    and c not in ("failed_at", "updated_at", "merged_at")]  # batch clocks
             rows = con.execute(f'SELECT {", ".join(chr(34) + c + chr(34) for c in keep)} '
                                f'FROM "{table}"').fetchall()
             out[table] = sorted(tuple(round(v, 9) if isinstance(v, float) else v for v in row)

@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from cx360.pipelines.streaming import (StreamingKpis, StreamingSettings,
                                        build_streaming_pipeline, java_kafka_read)
 from cx360.schemas.codec import AvroCodec
-from cx360.schemas.registry import SOCIAL, WEB, FileSchemaRegistry
+from cx360.schemas.registry import SOCIAL, SURVEY, WEB, FileSchemaRegistry
 from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord
 from cx360.transforms.warehouse import open_warehouse
 from cx360.transforms.warehouse.panes import (EVENT_COUNT_PANES, WEB_SESSIONS, prepare,
@@ -124,23 +124,24 @@ def session_pane(row: dict) -> tuple:
 # (31 min after the clock of these tests, 23:59: more than the 15 min allowed skew) and a
 # value that is no event at all.
 
-def social_stream(log: Log, bad: bool = False) -> EventStream:
+def social_stream(log: Log, bad: bool = False, topic: str = "cx.social") -> EventStream:
     p1 = post("p1", T(10, 1))
     stream = (EventStream()
               .advance_watermark_to(W(10))
-              .add_elements([log.batch(T(10, 5), p1, post("p2", T(10, 4)))]))
+              .add_elements([log.batch(T(10, 5), p1, post("p2", T(10, 4)), topic=topic)]))
     if bad:
         stream = stream.add_elements([log.batch(T(10, 6), post("p9", T(24, 30)), b"hello",
-                                                partition=2)])
+                                                partition=2, topic=topic)])
     return (stream
             .advance_processing_time(61)
-            .add_elements([log.batch(T(10, 30), post("p3", T(10, 20)))])
+            .add_elements([log.batch(T(10, 30), post("p3", T(10, 20)), topic=topic)])
             .advance_watermark_to(W(11))
-            .add_elements([log.batch(T(11, 10), post("p4", T(10, 50)))])
-            .add_elements([log.batch(T(11, 12), p1)])
-            .add_elements([log.batch(T(11, 35), post("p5", T(10, 58)), partition=1)])
+            .add_elements([log.batch(T(11, 10), post("p4", T(10, 50)), topic=topic)])
+            .add_elements([log.batch(T(11, 12), p1, topic=topic)])
+            .add_elements([log.batch(T(11, 35), post("p5", T(10, 58)), partition=1,
+                                     topic=topic)])
             .advance_watermark_to(W(11, 45))
-            .add_elements([log.batch(T(11, 25), post("p6", T(10, 59)))])
+            .add_elements([log.batch(T(11, 25), post("p6", T(10, 59)), topic=topic)])
             .advance_watermark_to_infinity())
 
 
@@ -421,7 +422,9 @@ def test_dataflow_dry_run_builds_the_full_streaming_job():
                  "StreamingKpis/EventCounts/Sliding4hEvery1hWindows",
                  "StreamingKpis/WebSessions/SessionWindows", "WriteEventCounts/Upsert",
                  "WriteWebSessions/Upsert", "WriteDeadLetters/Upsert", "DeadLettersToKafka",
-                 "CommitReadPositions"):
+                 "CommitReadPositions", "StreamIdentities/DropErased",
+                 "StreamIdentities/Stitch", "WriteTouchpoints/Upsert",
+                 "StreamHealth/PerPartition", "WriteHealth/Upsert"):
         assert step in names, step
     urns = {t.spec.urn for t in transforms}
     assert "beam:transform:combine_per_key:v1" in urns
@@ -500,3 +503,197 @@ def test_stream_command_starts_from_committed_offsets_and_dry_runs(kafka, topics
         run(_stream_args(*argv[:-2], "--runner", "DirectRunner"))
     with pytest.raises(UserError, match="--sliding"):
         build_settings(_stream_args(*argv[:-2], "--sliding", "1h"))
+
+
+# -- identity stitching in the streaming job ---------------------------------------------------
+#
+# The hand-worked scenario of tests/test_identity.py (Anna on three channels, a household tablet
+# shared with Bob, Anna's instagram handle linked to her account only later), as a stream. Times
+# are minutes after 06:00 on 2026-11-20; flush interval 60 s of event time.
+#
+# watermark 06:00
+# batches @06:45: web w1-w8 (06:00-06:32), social p1 (06:20), survey v1 (06:40)
+# watermark 06:50   -> one flush (timer 06:02, the earliest interval end) stitches every
+#                      link so far: Anna = {acct, phone cookie, e-mail, phone}; the tablet is
+#                      linked to two accounts: shared, alone; Bob = {acct, e-mail}; the
+#                      handle has no link yet (its own profile).
+# batch @07:05: w9 account_link (event time 06:15: LATE, behind the watermark, within the
+#               allowed lateness: hourly window 06-07 + 30 min > Kafka time 07:05)
+# watermark 07:10   -> its timer (06:16) is behind the watermark and fires: links acct-laptop
+#                      cookie and acct-handle; two map rows (laptop, handle -> Anna), no merge
+#                      (the handle had no stored key), history re-attributed by the view.
+
+def _identity_stream(log: Log) -> EventStream:
+    import test_identity as ti
+
+    def encoded(kind, rows):
+        schema = {"web": WEB, "social": SOCIAL, "survey": SURVEY}[kind]
+        return [CODEC.encode(schema, r) for r in rows]
+
+    late_link = dict(ti.BATCH2["web"][0], event_time=ti.at(15))
+    return (EventStream()
+            .advance_watermark_to(Timestamp(micros=ti.at(0) * 1000))
+            .add_elements([log.batch(ti.at(45), *encoded("web", ti.BATCH1["web"]),
+                                     topic="cx.web")])
+            .add_elements([log.batch(ti.at(45), *encoded("social", ti.BATCH1["social"]))])
+            .add_elements([log.batch(ti.at(45), *encoded("survey", ti.BATCH1["survey"]),
+                                     topic="cx.survey")])
+            .advance_watermark_to(Timestamp(micros=ti.at(50) * 1000))
+            .add_elements([log.batch(ti.at(65), *encoded("web", [late_link]), topic="cx.web")])
+            .advance_watermark_to(Timestamp(micros=ti.at(70) * 1000))
+            .advance_watermark_to_infinity()), late_link
+
+
+def test_streaming_stitches_identities_like_micro_batch_mode(tmp_path):
+    import test_identity as ti
+    from cx360.transforms.identity import (DEMO_KEY, IdentityRules, MemoryGraphStore,
+                                           Pseudonymiser, event_links, implicit_key, stitch)
+    from cx360.transforms.warehouse.spec import TABLES
+
+    path = tmp_path / "stream.duckdb"
+    stream, late_link = _identity_stream(Log())
+    with streaming_pipeline() as p:
+        out = build_streaming_pipeline(p, settings(warehouse_url=f"duckdb:{path}",
+                                                   fixed_now_ms=ti.at(24 * 60)),
+                                       batches=p | stream)
+        from apache_beam.transforms import trigger
+
+        flushes = (out["identity"]["stitched"]
+                   | "OneFinalPane" >> beam.WindowInto(
+                       beam.window.GlobalWindows(), trigger=trigger.AfterWatermark(),
+                       accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                   | "Flushes" >> beam.CombineGlobally(
+                       beam.combiners.ToListCombineFn()).without_defaults()
+                   | "Sorted" >> beam.Map(sorted))
+        first, late = f"stream-{ti.at(2)}", f"stream-{ti.at(16)}"
+        assert_that(flushes, equal_to([sorted([
+            # flush 06:02 (watermark 06:50): 6 links (see tests/test_identity.py), 7 map rows
+            (first, "identity_links", 6), (first, "identity_merges", 0),
+            (first, "identity_map", 7),
+            # flush 06:16 (the late link): 2 links, laptop and handle join Anna, no merge
+            (late, "identity_links", 2), (late, "identity_merges", 0), (late, "identity_map", 2)
+        ])]))
+
+    pseudo = Pseudonymiser(DEMO_KEY)
+    con = duckdb.connect(str(path))
+    try:
+        streamed = sorted(con.execute("SELECT identifier, id_type, customer_key, shared "
+                                      "FROM identity_map").fetchall())
+        links = sorted(con.execute("SELECT id_a, id_b, epoch_ms(first_seen), event_id "
+                                   "FROM identity_links").fetchall())
+    finally:
+        con.close()
+    anna = ["acct:" + ti.ANNA, "ck:ck-anna-laptop", "ck:ck-anna-phone",
+            "em:" + pseudo.email("anna.k@example.org"), "ph:" + pseudo.phone("0151 2345678"),
+            "sh:instagram:@anna_k"]
+    assert sorted(i for i, _, k, _ in streamed if k == ti.ANNA) == sorted(anna)
+    assert [(k, s) for i, _, k, s in streamed if i == "ck:ck-tablet"] == [
+        (implicit_key("ck:ck-tablet"), True)]
+    assert sorted(i for i, _, k, _ in streamed if k == ti.BOB) == sorted(
+        ["acct:" + ti.BOB, "em:" + pseudo.email("bob@example.net")])
+    assert len(streamed) == 9 and len(links) == 8
+
+    # Micro-batch mode on the same events (two batches: the link arrives in the second).
+    store = MemoryGraphStore()
+    for i, batch in enumerate((ti.BATCH1, {"web": [late_link]})):
+        events = [pseudo.apply(dict(r, _role=kind)) for kind, rows in batch.items()
+                  for r in rows]
+        store.apply(stitch([l for e in events for l in event_links(e)], store, IdentityRules(),
+                           set(), f"b{i}", ti.T0))
+    assert {i: k for i, _, k, _ in streamed} == store.keys
+    assert {i for i, _, _, s in streamed if s} == store.shared
+    assert links == sorted({(a, b, t, e) for adj in store.adjacent.values()
+                            for (a, b), (t, e) in adj.items()})
+
+    # customer_360 works on the streaming warehouse: Anna's profile as in micro-batch mode.
+    warehouse = open_warehouse(f"duckdb:{path}")
+    try:
+        warehouse.ensure_tables(TABLES.values())
+        warehouse.ensure_views()
+        profile = warehouse.query(
+            "SELECT channels, identifier_count, web_events, social_events, survey_responses, "
+            "orders, revenue, nps_latest FROM customer_360 WHERE customer_key = ?", [ti.ANNA])
+        keys = {r[0] for r in warehouse.query("SELECT customer_key FROM customer_360")}
+    finally:
+        warehouse.close()
+    assert profile == [("social=1, survey=1, web=6", 6, 6, 1, 1, 1, 59.9, 9)]
+    assert keys == {ti.ANNA, ti.BOB, implicit_key("ck:ck-tablet")}
+
+
+# -- pipeline health per interval and topic-partition --------------------------------------------
+#
+# The timeline of social_stream(bad=True) above, counted in 30-min intervals of Kafka record time
+# (every record and dead letter in the interval of its record's Kafka timestamp):
+#
+# [10:00, 10:30) partition 0: p1 p2 @10:05 (offsets 0, 1)            -> 2 in, position 2
+#                partition 2: p9 (future_timestamp), "hello" (undecodable) @10:06 -> 2 in, 2 dead
+# [10:30, 11:00) partition 0: p3 @10:30 (offset 2)                    -> 1 in, position 3
+# [11:00, 11:30) partition 0: p4 @11:10, p1 again @11:12, p6 @11:25 (too_late; it arrives after
+#                the watermark reached 11:45: a LATE pane)            -> 3 in, 1 dead, position 6
+# [11:30, 12:00) partition 1: p5 @11:35 (too_late)                    -> 1 in, 1 dead, position 1
+# The clock of these tests is 23:59: freshness = 23:59 - newest record time of the interval.
+
+def test_streaming_pipeline_health_per_interval_and_partition(kafka, topics, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from kafka_helpers import produce
+
+    path = tmp_path / "stream.duckdb"
+    social = topics["social"]
+    with streaming_pipeline() as p:
+        build_streaming_pipeline(p, settings(
+            warehouse_url=f"duckdb:{path}", health_interval_s=1800,
+            topics={"social": social, "web": topics["web"], "survey": topics["survey"]}),
+            batches=p | social_stream(Log(), bad=True, topic=social))
+    con = duckdb.connect(str(path))
+    try:
+        rows = con.execute(
+            'SELECT batch_id, "partition", records_in, accepted, dead_letters, '
+            "dead_letters_by_reason, position, epoch_ms(max_event_time), freshness_s, "
+            "epoch_ms(recorded_at), high_watermark, lag, batch_seconds, records_per_s, "
+            "pane_timing FROM pipeline_health ORDER BY batch_id, \"partition\"").fetchall()
+    finally:
+        con.close()
+    fresh = lambda ms: (T(23, 59) - ms) / 1000.0
+    common = (T(23, 59), None, None, 1800.0)
+    assert rows == [
+        ("stream:2026-11-23T10:00:00Z/1800s", 0, 2, 2, 0, "{}", 2, T(10, 5), fresh(T(10, 5)),
+         *common, round(2 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T10:00:00Z/1800s", 2, 2, 0, 2,
+         '{"future_timestamp": 1, "undecodable": 1}', 2, T(10, 6), fresh(T(10, 6)), *common,
+         round(2 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T10:30:00Z/1800s", 0, 1, 1, 0, "{}", 3, T(10, 30), fresh(T(10, 30)),
+         *common, round(1 / 1800, 3), "ON_TIME"),
+        ("stream:2026-11-23T11:00:00Z/1800s", 0, 3, 2, 1, '{"too_late": 1}', 6, T(11, 25),
+         fresh(T(11, 25)), *common, round(3 / 1800, 3), "LATE"),
+        ("stream:2026-11-23T11:30:00Z/1800s", 1, 1, 0, 1, '{"too_late": 1}', 1, T(11, 35),
+         fresh(T(11, 35)), *common, round(1 / 1800, 3), "ON_TIME"),
+    ]
+
+    # The sink keeps one open warehouse per URL and process (panes.shared_warehouse); close it
+    # as a finished worker would, so that another process can open the DuckDB file.
+    from cx360.transforms.warehouse import panes
+    panes._SHARED[f"duckdb:{path}"].close()
+
+    # `cx360 health` on this streaming warehouse: positions and record times from these rows.
+    # The topic holds the same offsets (6, 1 and 2 records) plus 3 new ones on partition 0.
+    produce(kafka, social, [(b"k", post(f"x{i}", T(12))) for i in range(9)], partition=0)
+    produce(kafka, social, [(b"k", post("y", T(12)))], partition=1)
+    produce(kafka, social, [(b"k", post(f"z{i}", T(12))) for i in range(2)], partition=2)
+    done = subprocess.run(
+        [sys.executable, "-m", "cx360.pipelines.cli", "health", "--json", "--warehouse",
+         f"duckdb:{path}", "--rate-window", "3650d", "--max-staleness", "3650d",
+         "--warn-staleness", "3650d", "--social-topic", social, "--web-topic", topics["web"],
+         "--survey-topic", topics["survey"], "--bootstrap-servers", kafka.bootstrap_servers],
+        capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert "lag" in checks, (report, done.stderr[-2000:])
+    assert checks["lag"]["value"] == 3                     # 9 - 6 on partition 0
+    assert checks["dead_letter_rate"]["value"] == round(4 / 9, 6)   # 4 dead of 9 records
+    age_s = time.time() - T(11, 35) / 1000                 # newest record time: 11:35
+    assert abs(checks["freshness"]["value"] - max(0.0, age_s)) < 120
+    assert checks["freshness"]["status"] == "OK" and checks["pending_batches"]["status"] == "OK"
+    assert done.returncode == 2                            # 44 % dead letters: critical

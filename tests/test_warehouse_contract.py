@@ -389,3 +389,10 @@ def test_postgres_password_comes_from_the_url_or_pgpassword_and_is_never_shown(
     with pytest.raises(WarehouseError, match="password authentication failed") as failure:
         open_warehouse(postgres_server.url.replace("@", ":wrong-secret@", 1))
     assert "wrong-secret" not in str(failure.value)
+    # `cx360 run` prints and logs the warehouse URL: never with its password.
+    from cx360.pipelines.run_cmd import summarize
+    from cx360.transforms.warehouse import display_url
+
+    shown = summarize([], 1.0, with_password)["warehouse"]
+    assert secret not in shown and shown == display_url(with_password)
+    assert shown.startswith("postgresql://") and ":***@" in shown

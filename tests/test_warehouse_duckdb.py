@@ -119,3 +119,69 @@ def test_pending_batches_claim_their_offsets(wh):
                                                PartitionRange("t", 1, 0, 5)]))
     wh.write_batch("b2", {}, SPECS)
     assert wh.claimed_intervals() == {("t", 0): [(0, 25)], ("t", 1): [(0, 5)]}
+
+
+# --- the read-only BI snapshot -------------------------------------------------------------------
+
+def _snapshot_events(path):
+    """sum(events) read by another process (a BI tool), or the error it got."""
+    import subprocess
+    import sys
+
+    code = ("import duckdb, sys\n"
+            "try:\n"
+            "    con = duckdb.connect(sys.argv[1], read_only=True)\n"
+            "    print(con.execute('SELECT sum(events) FROM event_counts').fetchone()[0])\n"
+            "except duckdb.IOException as exc:\n"
+            "    print('IOException', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip()
+    return int(out) if out.isdigit() else out
+
+
+def test_snapshot_is_published_on_close_and_readable_while_the_writer_holds_the_file(tmp_path):
+    from cx360.transforms.warehouse.spec import TABLES
+
+    writer = open_warehouse(f"duckdb:{tmp_path}/w.duckdb")
+    writer.ensure_tables(TABLES.values())
+    writer.ensure_views()
+    assert writer.snapshot_path == str(tmp_path / "w-bi.duckdb")
+    record(writer, "b1")
+    writer.write_batch("b1", {"event_counts": [count_row(2)]}, SPECS)
+    assert not (tmp_path / "w-bi.duckdb").exists()      # at most every 60 s: not yet
+    writer.close()                                        # ... but always on close
+    assert _snapshot_events(tmp_path / "w-bi.duckdb") == 2
+
+    writer = open_warehouse(f"duckdb:{tmp_path}/w.duckdb?snapshot_every_s=0")
+    record(writer, "b2")
+    writer.write_batch("b2", {"event_counts": [count_row(5)]}, SPECS)
+    # The live file is locked by the writer; the snapshot is not, and has the new batch.
+    assert "lock" in _snapshot_events(tmp_path / "w.duckdb")
+    assert _snapshot_events(tmp_path / "w-bi.duckdb") == 7
+    # Views and macros travel with the tables.
+    con = duckdb.connect(str(tmp_path / "w-bi.duckdb"), read_only=True)
+    views = {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    con.close()
+    assert {"kpi_social", "kpi_survey", "customer_360"} <= views
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-bi.duckdb", "w.duckdb"]
+
+
+def test_snapshot_off_and_custom_path(tmp_path):
+    off = open_warehouse(f"duckdb:{tmp_path}/a.duckdb?snapshot=off")
+    off.ensure_tables(SPECS.values())
+    record(off, "b1")
+    off.write_batch("b1", {"event_counts": [count_row(1)]}, SPECS)
+    off.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.duckdb"]
+    custom = open_warehouse(f"duckdb:{tmp_path}/b.duckdb?snapshot={tmp_path}/bi/x.duckdb")
+    custom.ensure_tables(SPECS.values())
+    record(custom, "b1")
+    custom.write_batch("b1", {"event_counts": [count_row(3)]}, SPECS)
+    custom.close()
+    assert _snapshot_events(tmp_path / "bi" / "x.duckdb") == 3
+    with pytest.raises(WarehouseError, match="unknown DuckDB URL option"):
+        open_warehouse(f"duckdb:{tmp_path}/c.duckdb?snapshots=off")

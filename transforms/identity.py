@@ -128,8 +128,11 @@ def redact_dead_letter(row: dict) -> dict:
             out[name] = None
             out[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
             if name == "value":
+                # NUL becomes U+FFFD too: PostgreSQL TEXT cannot hold it (the bytes are kept
+                # on the dead-letter topic).
                 out["value_redacted"] = PHONE_RE.sub(
-                    b"<phone>", EMAIL_RE.sub(b"<email>", data)).decode("utf-8", "replace")
+                    b"<phone>", EMAIL_RE.sub(b"<email>", data)).decode(
+                        "utf-8", "replace").replace("\x00", "\ufffd")
     detail = row.get("detail")
     if detail and contains_personal_data(detail.encode("utf-8", "replace")):
         out["detail"] = PHONE_RE.sub(b"<phone>", EMAIL_RE.sub(
@@ -203,7 +206,8 @@ class IdentityRules:
 
 
 class GraphStore(Protocol):
-    def links_touching(self, identifiers: list[str]) -> list[tuple[str, str, int]]: ...
+    def links_touching(self, identifiers: list[str]) -> list[tuple[str, str, int, str]]:
+        """Stored links (id_a, id_b, first_seen ms, event_id) touching ``identifiers``."""
     def keys_of(self, identifiers: list[str]) -> dict[str, str]: ...
     def shared_among(self, identifiers: list[str]) -> set[str]: ...
 
@@ -240,10 +244,15 @@ class _UnionFind:
         return True
 
 
+#: A link's first sighting: (event time in ms, event id). The smallest wins, whatever the order
+#: in which batches saw the events, so the graph does not depend on batch boundaries.
+Sighting = tuple[int, str]
+
+
 def load_subgraph(store: GraphStore, seeds: Iterable[str], max_rounds: int = 20
-                  ) -> dict[tuple[str, str], int]:
+                  ) -> dict[tuple[str, str], Sighting]:
     """Every stored link of the components around ``seeds`` (breadth first)."""
-    links: dict[tuple[str, str], int] = {}
+    links: dict[tuple[str, str], Sighting] = {}
     seen: set[str] = set()
     frontier = sorted(set(seeds))
     for _ in range(max_rounds):
@@ -252,10 +261,10 @@ def load_subgraph(store: GraphStore, seeds: Iterable[str], max_rounds: int = 20
         seen.update(frontier)
         found = store.links_touching(frontier)
         nxt = set()
-        for a, b, first_seen in found:
+        for a, b, first_seen, event_id in found:
             k = (a, b)
-            if k not in links or first_seen < links[k]:
-                links[k] = first_seen
+            if k not in links or (first_seen, event_id) < links[k]:
+                links[k] = (first_seen, event_id)
             for n in (a, b):
                 if n not in seen:
                     nxt.add(n)
@@ -263,7 +272,7 @@ def load_subgraph(store: GraphStore, seeds: Iterable[str], max_rounds: int = 20
     return links
 
 
-def components(links: dict[tuple[str, str], int], rules: IdentityRules,
+def components(links: dict[tuple[str, str], Sighting], rules: IdentityRules,
                known_shared: Iterable[str] = ()) -> tuple[dict[str, str], set[str]]:
     """(node -> root, shared nodes). Links in a fixed order (first seen, then ids). A node
     once found shared stays shared (``known_shared``), even after the links that showed it
@@ -308,9 +317,14 @@ def stitch(batch_links: list[dict], store: GraphStore, rules: IdentityRules,
     seeds = {n for k in new_links for n in k}
     links = load_subgraph(store, seeds)
     links = {k: v for k, v in links.items() if k[0] not in erased and k[1] not in erased}
+    # A link is (re)written when it is new or this batch saw it earlier than the stored row
+    # (a late event): identity_links keeps the earliest sighting (merge 'replace').
+    changed_links = {}
     for k, row in new_links.items():
-        if k not in links or row["first_seen"] < links[k]:
-            links[k] = row["first_seen"]
+        sighting = (row["first_seen"], row["event_id"])
+        if k not in links or sighting < links[k]:
+            links[k] = sighting
+            changed_links[k] = row
     all_nodes = sorted({n for k in links for n in k})
     roots, shared = components(links, rules, store.shared_among(all_nodes))
     nodes = sorted(roots)
@@ -320,14 +334,17 @@ def stitch(batch_links: list[dict], store: GraphStore, rules: IdentityRules,
         members.setdefault(roots[node], []).append(node)
     was_shared = store.shared_among(nodes)
     map_rows, merges = [], {}
+    earliest: dict[str, Sighting] = {}
+    for (a, b), sighting in links.items():
+        for n in (a, b):
+            if n not in earliest or sighting < earliest[n]:
+                earliest[n] = sighting
     for root, group in sorted(members.items()):
         account = next((n for n in group if id_type(n) == ACCOUNT), None)
         if account:
             key = implicit_key(account)
-        else:
-            old = sorted({before[n] for n in group if n in before
-                          and ANONYMOUS_KEY.fullmatch(before[n])})
-            key = old[0] if old else min(implicit_key(n) for n in group)
+        else:  # the earliest-seen identifier's key: new members do not change it
+            key = min((earliest[n][0], implicit_key(n)) for n in group)[1]
         for node in group:
             old_key = before.get(node)
             if old_key != key or (node in shared and node not in was_shared):
@@ -352,7 +369,7 @@ def stitch(batch_links: list[dict], store: GraphStore, rules: IdentityRules,
     return {"identity_links": [
                 {"id_a": r["id_a"], "id_b": r["id_b"], "first_seen": r["first_seen"],
                  "event_id": r["event_id"], "batch_id": batch_id}
-                for _, r in sorted(new_links.items())],
+                for _, r in sorted(changed_links.items())],
             "identity_map": map_rows,
             "identity_merges": [merges[k] for k in sorted(merges)]}
 
@@ -361,7 +378,7 @@ class MemoryGraphStore:
     """The graph state in memory (evaluation, tests): apply() what stitch() returned."""
 
     def __init__(self):
-        self.adjacent: dict[str, dict[tuple[str, str], int]] = {}
+        self.adjacent: dict[str, dict[tuple[str, str], Sighting]] = {}
         self.keys: dict[str, str] = {}
         self.shared: set[str] = set()
 
@@ -369,7 +386,7 @@ class MemoryGraphStore:
         out = {}
         for n in identifiers:
             out.update(self.adjacent.get(n, {}))
-        return [(a, b, t) for (a, b), t in out.items()]
+        return [(a, b, t, e) for (a, b), (t, e) in out.items()]
 
     def keys_of(self, identifiers):
         return {n: self.keys[n] for n in identifiers if n in self.keys}
@@ -378,10 +395,10 @@ class MemoryGraphStore:
         return {n for n in identifiers if n in self.shared}
 
     def apply(self, rows: dict[str, list[dict]]) -> None:
-        for r in rows.get("identity_links", []):
-            k = (r["id_a"], r["id_b"])
+        for r in rows.get("identity_links", []):  # merge 'replace': stitch() emits only
+            k = (r["id_a"], r["id_b"])             # new links and earlier sightings
             for n in k:
-                self.adjacent.setdefault(n, {}).setdefault(k, r["first_seen"])
+                self.adjacent.setdefault(n, {})[k] = (r["first_seen"], r["event_id"])
         for r in rows.get("identity_map", []):
             self.keys[r["identifier"]] = r["customer_key"]
             if r["shared"]:
@@ -392,16 +409,18 @@ class MemoryGraphStore:
 
 
 class WarehouseGraphStore:
-    """The graph state in the warehouse, read through ``Warehouse.query`` (DuckDB dialect)."""
+    """The graph state in the warehouse, read through ``Warehouse.select_where_in`` and
+    ``Warehouse.query`` with SQL every backend (DuckDB, PostgreSQL, BigQuery) accepts."""
 
     def __init__(self, warehouse):
         self.warehouse = warehouse
 
     def links_touching(self, identifiers):
-        cols = ("id_a", "id_b", "epoch_ms(first_seen)")
+        cols = ("id_a", "id_b", self.warehouse.epoch_ms_sql("first_seen"),  # any dialect
+                "event_id")
         found = set(self.warehouse.select_where_in("identity_links", "id_a", identifiers, cols))
         found |= set(self.warehouse.select_where_in("identity_links", "id_b", identifiers, cols))
-        return sorted((a, b, int(t)) for a, b, t in found)
+        return sorted({(a, b, int(t), e) for a, b, t, e in found})
 
     def keys_of(self, identifiers):
         return dict(self.warehouse.select_where_in(

@@ -41,14 +41,48 @@ class _Adder:
         if row is None:
             row = self.rows[key] = make()
         for name, value in increments.items():
-            row[name] += value
+            if value:
+                row[name] += value
 
     def values(self) -> list[dict]:
         return list(self.rows.values())
 
 
-def _window_cols(size: int, start: int) -> dict:
-    return {"window_seconds": size, "window_start": start, "window_end": start + size * 1000}
+def _window_cols(size: int, start: int, period: int | None = None) -> dict:
+    cols = {"window_seconds": size, "window_start": start, "window_end": start + size * 1000}
+    if period is not None:
+        cols["window_period_seconds"] = period
+    return cols
+
+
+def sliding_starts(event_time_ms: int, size_s: int, period_s: int) -> range:
+    """Starts (epoch ms) of the sliding windows of ``size_s`` every ``period_s`` (aligned to
+    the epoch) that contain ``event_time_ms``: ``size_s / period_s`` of them."""
+    latest = window_start_ms(event_time_ms, period_s)
+    return range(latest - (size_s - period_s) * 1000, latest + 1, period_s * 1000)
+
+
+def _spread_panes(panes: list[dict], counters: tuple[str, ...]) -> list[dict]:
+    """Pane rows (components of one period-long slice, ``window_start`` = the pane's start)
+    -> rows of every sliding window covering the pane (windows start at period multiples, so
+    a window holds whole panes), components summed per window and dimensions."""
+    windows: dict[tuple[int, int], dict] = {}
+    dim_ids: dict[tuple, int] = {}   # a tuple's hash is not cached: hash the dimensions once
+    for pane in panes:
+        size, period = pane["window_seconds"], pane["window_period_seconds"]
+        dims = tuple((k, v) for k, v in pane.items()
+                     if k not in counters and k not in ("window_start", "window_end"))
+        dim_id = dim_ids.setdefault(dims, len(dim_ids))
+        nonzero = [(c, pane[c]) for c in counters if pane[c]]
+        for start in sliding_starts(pane["window_start"], size, period):
+            row = windows.get((start, dim_id))
+            if row is None:
+                row = windows[(start, dim_id)] = dict(dims, window_start=start,
+                                                    window_end=start + size * 1000,
+                                                    **dict.fromkeys(counters, 0))
+            for name, value in nonzero:
+                row[name] += value
+    return list(windows.values())
 
 
 SOCIAL_COUNTERS = ("mentions", "ugc_posts", "inbound", "scored", "positive", "neutral",
@@ -60,11 +94,32 @@ SURVEY_COUNTERS = ("responses", "score_sum", "promoters", "passives", "detractor
 
 class KpiComputer:
     """Turns events into KPI table rows. ``scorer`` is a SentimentScorer (or anything with
-    ``score(text, lang_hint) -> {language, polarity, label, aspects}``)."""
+    ``score(text, lang_hint) -> {language, polarity, label, aspects}``).
 
-    def __init__(self, window_sizes: Iterable[int], scorer):
+    ``sliding``: ``(size, period)`` pairs in seconds; social and survey components are also
+    computed for sliding windows of ``size`` every ``period`` (tables ``*_sliding``, keyed by
+    the period too, so they never mix with the fixed windows)."""
+
+    def __init__(self, window_sizes: Iterable[int], scorer,
+                 sliding: Iterable[tuple[int, int]] = ()):
         self.sizes = tuple(window_sizes)
+        self.sliding = tuple((int(size), int(period)) for size, period in sliding)
+        for size, period in self.sliding:
+            if not 0 < period < size or size % period:
+                raise ValueError(f"sliding windows of {size} s need a period shorter than the "
+                                 f"size that divides it, got {period} s")
         self.scorer = scorer
+
+    def _windows(self, event_time: int) -> Iterable[tuple[int, int | None, int]]:
+        """(size, period, start) of every fixed window of an event (period None), and per
+        sliding family the start of its *pane*: the period-long slice holding the event.
+        Components are summed per pane first and spread to the size/period windows covering
+        the pane afterwards (:func:`_spread_panes`), so the per-event cost does not grow with
+        the number of overlapping windows."""
+        for size in self.sizes:
+            yield size, None, window_start_ms(event_time, size)
+        for size, period in self.sliding:
+            yield size, period, window_start_ms(event_time, period)
 
     def rows(self, events: Iterable[dict]) -> dict[str, list[dict]]:
         social, voice, aspects, survey = _Adder(), _Adder(), _Adder(), _Adder()
@@ -77,8 +132,17 @@ class KpiComputer:
                 self._survey(event, survey, aspects)
             else:
                 web.append(self._web(event))
-        return {"social_kpis": social.values(), "share_of_voice_counts": voice.values(),
-                "aspect_mentions": aspects.values(), "survey_kpis": survey.values(),
+        social_rows, survey_rows = social.values(), survey.values()
+        return {"social_kpis": [r for r in social_rows if "window_period_seconds" not in r],
+                "social_kpis_sliding": _spread_panes(
+                    [r for r in social_rows if "window_period_seconds" in r],
+                    SOCIAL_COUNTERS + ("polarity_sum",)),
+                "share_of_voice_counts": voice.values(),
+                "aspect_mentions": aspects.values(),
+                "survey_kpis": [r for r in survey_rows if "window_period_seconds" not in r],
+                "survey_kpis_sliding": _spread_panes(
+                    [r for r in survey_rows if "window_period_seconds" in r],
+                    SURVEY_COUNTERS + ("comment_polarity_sum",)),
                 "inbound_posts": inbound, "brand_replies": replies, "web_events": web}
 
     # -- social ----------------------------------------------------------------------------
@@ -112,10 +176,9 @@ class KpiComputer:
             c["likes"] = 1
         elif kind == "share":
             c["shares"] = 1
-        for size in self.sizes:
-            start = window_start_ms(e["event_time"], size)
-            social.add((size, start, brand, e["platform"], language),
-                       lambda: dict(_window_cols(size, start), brand=brand,
+        for size, period, start in self._windows(e["event_time"]):
+            social.add((size, period, start, brand, e["platform"], language),
+                       lambda: dict(_window_cols(size, start, period), brand=brand,
                                     platform=e["platform"], language=language,
                                     polarity_sum=0.0, **dict.fromkeys(SOCIAL_COUNTERS, 0)),
                        polarity_sum=polarity, **c)
@@ -179,10 +242,10 @@ class KpiComputer:
             self._aspects(aspects, "survey", e["brand"], e["event_time"], score)
         dims = (e["brand"], kind, e.get("touchpoint") or UNKNOWN, e.get("channel") or UNKNOWN,
                 e.get("lang") or UNKNOWN)
-        for size in self.sizes:
-            start = window_start_ms(e["event_time"], size)
-            survey.add((size, start) + dims,
-                       lambda: dict(_window_cols(size, start), brand=dims[0], survey_type=dims[1],
+        for size, period, start in self._windows(e["event_time"]):
+            survey.add((size, period, start) + dims,
+                       lambda: dict(_window_cols(size, start, period), brand=dims[0],
+                                    survey_type=dims[1],
                                     touchpoint=dims[2], channel=dims[3], language=dims[4],
                                     comment_polarity_sum=0.0, **dict.fromkeys(SURVEY_COUNTERS, 0)),
                        comment_polarity_sum=polarity, **c)

@@ -8,7 +8,9 @@ Per text, one of these paths (the ``method`` in the result):
 
 - ``textblob-en``: English text goes through textblob's own engine, ``textblob.en.sentiment``
   (what ``TextBlob(text).sentiment`` calls). For text without emoji (characters of the emoji
-  and pictograph blocks) the polarity *is* ``TextBlob(text).sentiment.polarity``.
+  and pictograph blocks) the polarity *is* ``TextBlob(text).sentiment.polarity``. The label is
+  decided on ``label_score``, the cx360 engine's score of the same text (textblob has no
+  opinion on complaint vocabulary); everywhere else ``label_score`` is the polarity.
 - ``lexicon-en``: only with ``SentimentScorer(english="cx")``: English through the cx360
   lexical engine (textblob's word values + an English CX supplement); more accurate on
   customer feedback, not equal to textblob.
@@ -510,13 +512,16 @@ class SentimentScorer:
         return out
 
     # internals ---------------------------------------------------------------------------------
-    def _result(self, language, polarity, subjectivity, emoji_polarity, aspects, method):
+    def _result(self, language, polarity, subjectivity, emoji_polarity, aspects, method,
+                label_score=None):
         polarity = max(-1.0, min(1.0, polarity))
+        label_score = polarity if label_score is None else max(-1.0, min(1.0, label_score))
         return {
             "language": language,
             "polarity": polarity,
             "subjectivity": max(0.0, min(1.0, subjectivity)),
-            "label": label_for(polarity),
+            "label": label_for(label_score),
+            "label_score": label_score,
             "emoji_polarity": emoji_polarity,
             "aspects": aspects,
             "method": method,
@@ -559,11 +564,18 @@ class SentimentScorer:
                                 "emoji")
 
         language, mixed = self._language(words, lowered, lang_hint)
+        # English in the default mode: polarity and subjectivity are textblob's; the label is
+        # decided on the cx360 engine's score of the same text (label_score), because textblob
+        # has no opinion on complaint vocabulary (docs/sentiment.md, "Labels").
+        cx_polarity = n_cx = None
         if language == "en" and not mixed and not self._english_cx:
             method = "textblob-en"
             score = self._textblob(stripped if emoji_found else text)
             text_polarity, text_subjectivity = score[0], score[1]
             n_text = len(score.assessments)
+            assessed = self._assess(tokens, english_only=True)
+            n_cx = len(assessed)
+            cx_polarity = sum(p for p, _ in assessed) / n_cx if n_cx else 0.0
         else:
             if language == "en" and not mixed:
                 method = "lexicon-en"
@@ -576,13 +588,16 @@ class SentimentScorer:
             text_subjectivity = sum(s for _, s in assessed) / n_text if n_text else 0.0
 
         if not emoji_scores:
-            return self._result(language, text_polarity, text_subjectivity, 0.0, aspects, method)
+            return self._result(language, text_polarity, text_subjectivity, 0.0, aspects, method,
+                                cx_polarity)
         n_emoji = len(emoji_scores)
         total = n_text + n_emoji
         polarity = (text_polarity * n_text + emoji_polarity * n_emoji) / total
         subjectivity = (text_subjectivity * n_text + sum(s for _, s in emoji_scores)) / total
+        if cx_polarity is not None:
+            cx_polarity = (cx_polarity * n_cx + emoji_polarity * n_emoji) / (n_cx + n_emoji)
         return self._result(language, polarity, subjectivity, emoji_polarity, aspects,
-                            method + "+emoji")
+                            method + "+emoji", cx_polarity)
 
     def _language(self, words: list[str], lowered: str, lang_hint: str | None):
         """(language, mixed?) from function words; py3langid only when there are none."""

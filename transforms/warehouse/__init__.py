@@ -7,11 +7,26 @@ from cx360.transforms.warehouse.spec import TABLES, TableSpec
 SUPPORTED = ("duckdb:PATH", "postgresql://USER@HOST:PORT/DB", "bigquery://PROJECT/DATASET")
 
 
+def display_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: for logs and printed summaries."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def open_warehouse(url: str, read_only: bool = False) -> Warehouse:
     """``duckdb:PATH`` (default backend), ``postgresql://...`` (or ``postgres://``) and
     ``bigquery://PROJECT/DATASET[?endpoint=...]`` (or ``bigquery:PROJECT.DATASET``); see
     docs/warehouse.md."""
-    if url.startswith("duckdb:") or url.endswith(".duckdb"):
+    if url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb"):
         from cx360.transforms.warehouse.duckdb_backend import DuckDBWarehouse
 
         return DuckDBWarehouse(url, read_only=read_only)

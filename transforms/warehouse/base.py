@@ -99,6 +99,19 @@ class Warehouse(ABC):
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Run a read-only query (backend SQL dialect)."""
 
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """Like ``query`` but each row as a dict keyed by column name (in select order)."""
+        raise NotImplementedError
+
+    def quote(self, name: str) -> str:
+        """``name`` quoted as an identifier in this backend's SQL (``partition`` and ``offset``
+        are column names and reserved words)."""
+        return '"' + name.replace('"', '""') + '"'
+
+    def epoch_ms_sql(self, column: str) -> str:
+        """SQL for a TIMESTAMP column as epoch milliseconds (BIGINT) in this dialect."""
+        return f"epoch_ms({column})"
+
     @abstractmethod
     def close(self) -> None:
         ...
@@ -119,6 +132,12 @@ class Warehouse(ABC):
         return out
 
     paramstyle = "qmark"
+
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """Run DML ``statements`` (``(sql, params)`` with ``?`` placeholders, in SQL every
+        backend accepts) in ONE transaction: all or nothing. Returns the number of rows each
+        statement affected. Used by ``cx360 forget``."""
+        raise WarehouseError(f"{type(self).__name__} cannot run a transaction of statements")
 
     def claimed_intervals(self) -> dict[tuple[str, int], list[tuple[int, int]]]:
         """Merged offset intervals of every recorded batch, per (topic, partition): those in

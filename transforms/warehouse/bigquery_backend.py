@@ -94,7 +94,9 @@ import json
 import logging
 import math
 import os
+import pathlib
 import random
+import re
 import time
 import urllib.parse
 from typing import Callable, Iterable, Sequence
@@ -299,6 +301,19 @@ def _param(name: str | None, value) -> bigquery.ScalarQueryParameter | bigquery.
 
 def bq_quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def view_statements(dataset: str) -> list[str]:
+    """The CREATE VIEW statements of sql/bigquery_views.sql for ``project.dataset``."""
+    text = (pathlib.Path(__file__).resolve().parent / "sql" / "bigquery_views.sql").read_text()
+    text = text.replace("${dataset}", dataset)
+    statements = []
+    for chunk in re.split(r";[ \t]*\n", text):
+        body = "\n".join(line for line in chunk.splitlines()
+                         if not line.lstrip().startswith("--")).strip()
+        if body:
+            statements.append(body)
+    return statements
 
 
 # -- URL --------------------------------------------------------------------------------------
@@ -770,6 +785,43 @@ END IF;"""
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         rows, _ = self._job(sql, [_param(None, p) for p in params])
         return [tuple(r.values()) for r in rows]
+
+    def ensure_views(self) -> None:
+        """(Re)create the KPI views (sql/bigquery_views.sql), one query job per view, in file
+        order (a view's dependencies come before it)."""
+        for statement in view_statements(self.dataset):
+            self._job(statement)
+
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        rows, _ = self._job(sql, [_param(None, p) for p in params])
+        return [dict(r.items()) for r in rows]
+
+    def epoch_ms_sql(self, column: str) -> str:
+        return f"UNIX_MILLIS({column})"
+
+    def quote(self, name: str) -> str:
+        return bq_quote(name)
+
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """One multi-statement query job: ``BEGIN TRANSACTION``, each statement followed by
+        collecting ``@@row_count``, ``COMMIT TRANSACTION``; a failing statement rolls the whole
+        transaction back. Scripts take named parameters, so the i-th ``?`` becomes ``@p<i>``."""
+        params, body = [], []
+        for sql, values in statements:
+            parts = sql.split("?")
+            if len(parts) - 1 != len(values):
+                raise ValueError(f"{len(values)} parameters for {len(parts) - 1} placeholders")
+            text = parts[0]
+            for value, rest in zip(values, parts[1:]):
+                name = f"p{len(params)}"
+                params.append(_param(name, value))
+                text += f"@{name}{rest}"
+            body.append(f"{text};\n  SET _cx360_counts = ARRAY_CONCAT(_cx360_counts, "
+                        f"[@@row_count]);")
+        script = ("DECLARE _cx360_counts ARRAY<INT64> DEFAULT [];\nBEGIN TRANSACTION;\n  "
+                  + "\n  ".join(body) + "\nCOMMIT TRANSACTION;\nSELECT _cx360_counts;")
+        rows, _ = self._job(script, params)
+        return [int(n) for n in rows[0][0]] if rows else []
 
     def close(self) -> None:
         client, self.client = getattr(self, "client", None), None

@@ -10,6 +10,7 @@ import os
 import pathlib
 import threading
 import time
+import urllib.parse
 from typing import Iterable, Sequence
 
 import duckdb
@@ -35,13 +36,30 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def arrow_table(spec: TableSpec, rows: list[dict]) -> pa.Table:
     return pa.table({c.name: pa.array([row.get(c.name) for row in rows], ARROW_TYPES[c.type])
                      for c in spec.columns})
 
 
+def duckdb_options(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without its query string, and the query's options (``?snapshot=...``)."""
+    base, _, query = url.partition("?")
+    options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    unknown = set(options) - {"snapshot", "snapshot_every_s"}
+    if unknown:
+        raise WarehouseError(f"unknown DuckDB URL option(s) {sorted(unknown)} in {url!r} "
+                             f"(known: snapshot, snapshot_every_s)")
+    return base, options
+
+
 def duckdb_path(url: str) -> str:
-    """``duckdb:PATH``, ``duckdb:///ABS/PATH`` or a path ending in .duckdb."""
+    """``duckdb:PATH``, ``duckdb:///ABS/PATH`` or a path ending in .duckdb (a query string
+    with options may follow: ``duckdb:data/cx360.duckdb?snapshot=off``)."""
+    url = duckdb_options(url)[0]
     if url.startswith("duckdb:"):
         path = url[len("duckdb:"):]
         if path.startswith("//"):
@@ -55,11 +73,56 @@ def duckdb_path(url: str) -> str:
     return path
 
 
+def is_duckdb_url(url: str) -> bool:
+    return url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb")
+
+
+def absolute_url(url: str) -> str:
+    """``duckdb://ABSOLUTE/PATH`` plus the URL's options: the same file from any directory
+    (Beam workers may not share the driver's working directory)."""
+    query = url.partition("?")[2]
+    options = duckdb_options(url)[1]
+    if options.get("snapshot", "").lower() not in ("", "off", "none", "false", "0"):
+        options["snapshot"] = os.path.abspath(options["snapshot"])
+    query = urllib.parse.urlencode(options) if query else ""
+    return "duckdb://" + os.path.abspath(duckdb_path(url)) + (f"?{query}" if query else "")
+
+
+def default_snapshot_path(path: str) -> str:
+    """data/cx360.duckdb -> data/cx360-bi.duckdb"""
+    stem = path[:-len(".duckdb")] if path.endswith(".duckdb") else path
+    return stem + "-bi.duckdb"
+
+
 class DuckDBWarehouse(Warehouse):
+    """The embedded warehouse. A writer also publishes a **read-only snapshot** for BI tools
+    (DuckDB never lets readers open a file that a writer holds): a copy of every table, view
+    and macro written to a temporary file and renamed over ``snapshot`` (default
+    ``<name>-bi.duckdb`` beside the warehouse; ``?snapshot=off`` disables it), at most every
+    ``snapshot_every_s`` seconds (default 60) after a batch, and always on ``close()`` after
+    changes, so `run --once`, erasures and replays are in the snapshot when they return.
+    Code that changes tables outside ``write_batch`` calls :meth:`changed`."""
+
     def __init__(self, url: str, read_only: bool = False):
         self.path = str(pathlib.Path(duckdb_path(url)).resolve())
         self.url = f"duckdb://{self.path}"
         self.read_only = read_only
+        options = duckdb_options(url)[1]
+        snapshot = options.get("snapshot", "")
+        if snapshot.lower() in ("off", "none", "false", "0"):
+            self.snapshot_path = None
+        else:
+            self.snapshot_path = str(pathlib.Path(snapshot or default_snapshot_path(self.path))
+                                     .resolve())
+            if self.snapshot_path == self.path:
+                raise WarehouseError("the BI snapshot cannot be the warehouse file itself")
+        try:
+            self.snapshot_every_s = float(options.get("snapshot_every_s", "60"))
+        except ValueError:
+            raise WarehouseError(f"snapshot_every_s must be a number of seconds: {url!r}") \
+                from None
+        self._changed = False
+        self._published_at = time.monotonic()   # the first copy: after snapshot_every_s or on close
         if not read_only:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         elif not os.path.exists(self.path):
@@ -147,10 +210,40 @@ class DuckDBWarehouse(Warehouse):
                 con.execute("UPDATE _cx360_batches SET status = 'applied', "
                             "updated_at = current_timestamp WHERE batch_id = ?", [batch_id])
                 con.execute("COMMIT")
-                return written
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+        self.changed()
+        return written
+
+    # -- the BI snapshot -------------------------------------------------------------------
+    def changed(self) -> None:
+        """Note a committed change; publish the snapshot if the last one is old enough."""
+        self._changed = True
+        if time.monotonic() - self._published_at >= self.snapshot_every_s:
+            self.publish_snapshot()
+
+    def publish_snapshot(self) -> str | None:
+        """Copy the whole database to the snapshot file atomically (temp file + rename), so a
+        BI tool opening it read-only sees one committed state. Returns its path."""
+        if self.read_only or self.snapshot_path is None or self.con is None:
+            return None
+        tmp = f"{self.snapshot_path}.tmp-{os.getpid()}"
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
+        with self._lock:
+            name = self.con.execute("SELECT current_database()").fetchone()[0]
+            self.con.execute(f"ATTACH {sql_string(tmp)} AS _cx360_snapshot")
+            try:
+                self.con.execute(f"COPY FROM DATABASE {q(name)} TO _cx360_snapshot")
+            finally:
+                self.con.execute("DETACH _cx360_snapshot")
+        os.replace(tmp, self.snapshot_path)
+        self._changed = False
+        self._published_at = time.monotonic()
+        return self.snapshot_path
 
     def seen_event_ids(self, event_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
         if not event_ids:
@@ -214,7 +307,32 @@ class DuckDBWarehouse(Warehouse):
         with self._lock:
             return self.con.execute(sql, list(params)).fetchall()
 
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        with self._lock:
+            cursor = self.con.execute(sql, list(params))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        counts = []
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                for sql, params in statements:
+                    row = self.con.execute(sql, list(params)).fetchone()  # DML: (rows,)
+                    counts.append(int(row[0]) if row else 0)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        # The BI snapshot must not keep what was just deleted (cx360 forget): it is published
+        # again now or, at the latest, when this warehouse is closed.
+        self.changed()
+        return counts
+
     def close(self) -> None:
+        if getattr(self, "_changed", False) and getattr(self, "con", None) is not None:
+            self.publish_snapshot()
         con, self.con = getattr(self, "con", None), None
         if con is not None:
             con.close()

@@ -35,7 +35,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from cx360.transforms.warehouse.base import Warehouse, WarehouseError
-from cx360.transforms.warehouse.spec import C, DEAD_LETTERS, EVENT_COUNTS, TableSpec
+from cx360.transforms.warehouse.spec import (C, DEAD_LETTERS, EVENT_COUNTS, IDENTITY_TABLES,
+                                             PIPELINE_HEALTH, TableSpec)
 
 PANE_COLUMNS = (
     C("pane_index", "INT64", "Streaming: index of the pane (trigger firing) that wrote the row."),
@@ -81,6 +82,20 @@ SESSION_COUNTS_SQL = (
     "SUM(events) AS events FROM stream_web_sessions GROUP BY brand, CAST(session_start AS DATE)")
 
 PANE_TABLES = {spec.name: spec for spec in (EVENT_COUNT_PANES, WEB_SESSIONS, DEAD_LETTERS)}
+#: pipeline_health as the streaming mode writes it (transforms/stream_health.py): one row per
+#: interval and topic-partition, the newest pane wins; micro-batch rows leave the pane columns
+#: NULL.
+HEALTH_PANES = TableSpec(
+    name=PIPELINE_HEALTH.name,
+    columns=PIPELINE_HEALTH.columns + PANE_COLUMNS,
+    key=PIPELINE_HEALTH.key,
+    merge="replace",
+    partition_by=PIPELINE_HEALTH.partition_by,
+    cluster_by=PIPELINE_HEALTH.cluster_by,
+    doc=PIPELINE_HEALTH.doc + " Streaming: per interval, the newest pane.",
+)
+# Identity tables (transforms/identity_stream.py): the micro-batch specs, plain replace-upserts.
+PANE_TABLES.update({spec.name: spec for spec in (*IDENTITY_TABLES, HEALTH_PANES)})
 MODES = ("panes", "sessions", "replace")
 
 

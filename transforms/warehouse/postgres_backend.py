@@ -31,6 +31,7 @@ everything back: the batch stays 'pending'.
 from __future__ import annotations
 
 import json
+import pathlib
 import threading
 import urllib.parse
 from typing import Iterable, Sequence
@@ -135,6 +136,13 @@ class PostgresWarehouse(Warehouse):
                     cur.execute(brin.format(q(f"{spec.name}_{spec.partition_by}_brin"),
                                             q(spec.name), q(spec.partition_by)))
 
+    def ensure_views(self) -> None:
+        """(Re)create the KPI views and their helper functions (sql/postgres_views.sql) in one
+        transaction: other sessions see the old views or the new ones."""
+        sql = (pathlib.Path(__file__).resolve().parent / "sql" / "postgres_views.sql").read_text()
+        with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql)
+
     def _upsert(self, cur: psycopg.Cursor, spec: TableSpec, rows: list[dict]) -> int:
         rows = spec.combine(rows)
         if not rows:
@@ -238,6 +246,25 @@ class PostgresWarehouse(Warehouse):
         with self._lock, self.conn.cursor() as cur:
             cur.execute(sql, list(params) if params else None)
             return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+    def epoch_ms_sql(self, column: str) -> str:
+        return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
+
+    def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
+        with self._lock, self.conn.cursor() as cur:
+            cur.execute(sql, list(params) if params else None)
+            if not cur.description:
+                return []
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def execute_transaction(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        counts = []
+        with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
+            for sql, params in statements:
+                cur.execute(sql.replace("?", "%s"), list(params) or None)
+                counts.append(max(cur.rowcount, 0))
+        return counts
 
     def close(self) -> None:
         conn, self.conn = getattr(self, "conn", None), None

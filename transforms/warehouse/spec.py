@@ -255,6 +255,24 @@ SURVEY_KPIS = TableSpec(
     doc="Survey components per window and dimensions: NPS, CSAT, CES and free-text sentiment.",
 )
 
+def sliding_spec(spec: TableSpec) -> TableSpec:
+    """The sliding-window twin of a fixed-window component table: the same columns plus
+    ``window_period_seconds`` in the key. A separate table, so no query over the fixed windows
+    can mix in overlapping sliding windows (whose sums would count an event several times)."""
+    period = C("window_period_seconds", "INT64",
+               "How often a window starts (the slide): windows of window_seconds every "
+               "window_period_seconds, each event in window_seconds / window_period_seconds "
+               "of them.", False)
+    return dataclasses.replace(
+        spec, name=f"{spec.name}_sliding",
+        columns=spec.columns[:len(WINDOW_COLUMNS)] + (period,) + spec.columns[len(WINDOW_COLUMNS):],
+        key=("window_seconds", "window_period_seconds") + spec.key[1:],
+        doc=spec.doc + " Sliding windows (`cx360 run --sliding`).")
+
+
+SOCIAL_KPIS_SLIDING = sliding_spec(SOCIAL_KPIS)
+SURVEY_KPIS_SLIDING = sliding_spec(SURVEY_KPIS)
+
 INBOUND_POSTS = TableSpec(
     name="inbound_posts",
     columns=(
@@ -334,7 +352,7 @@ BRANDS = TableSpec(
 )
 
 KPI_TABLES = (SOCIAL_KPIS, VOICE, ASPECTS, SURVEY_KPIS, INBOUND_POSTS, BRAND_REPLIES, WEB_EVENTS,
-              BRANDS)
+              BRANDS, SOCIAL_KPIS_SLIDING, SURVEY_KPIS_SLIDING)
 PIPELINE_HEALTH = TableSpec(
     name="pipeline_health",
     columns=(
@@ -367,11 +385,13 @@ IDENTITY_LINKS = TableSpec(
         C("id_a", "STRING", "Typed identifier (acct:, ck:, em:<hmac>, ph:<hmac>, sh:).", False),
         C("id_b", "STRING", "The other identifier (id_a < id_b).", False),
         C("first_seen", "TIMESTAMP", "Event time of the first event carrying both.", False),
-        C("event_id", "STRING", "That event.", False),
+        C("event_id", "STRING", "That event (the smallest id among equal times).", False),
         C("batch_id", "STRING", "Micro-batch that recorded the link."),
     ),
     key=("id_a", "id_b"),
-    merge="ignore",
+    # replace: stitching rewrites a link only when a batch saw it earlier (a late event), so
+    # the row is the earliest sighting whatever the batch boundaries were.
+    merge="replace",
     cluster_by=("id_a",),
     doc="Edges of the identity graph: two identifiers seen on one event.",
 )
