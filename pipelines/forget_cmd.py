@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import time
 
-from cx360.pipelines.cli import UserError
 
 
 def register(sub) -> None:
@@ -136,12 +135,9 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+    from cx360.pipelines.options import open_warehouse_arg
 
-    try:
-        warehouse = open_warehouse(args.warehouse)
-    except WarehouseError as exc:
-        raise UserError(str(exc)) from None
+    warehouse = open_warehouse_arg(args.warehouse)
     try:
         warehouse.ensure_views()
         report = forget(warehouse, args.identifier)

@@ -89,3 +89,14 @@ def registry_from_args(args: argparse.Namespace):
         return registry_from_url(args.schema_registry)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+
+
+def open_warehouse_arg(url: str, read_only: bool = False):
+    """open_warehouse for a command's --warehouse: a bad URL, a missing file or a locked one
+    becomes a one-line UserError (exit 2) instead of a traceback."""
+    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+
+    try:
+        return open_warehouse(url, read_only=read_only)
+    except WarehouseError as exc:
+        raise UserError(str(exc)) from None

@@ -40,7 +40,7 @@ from apache_beam.metrics import Metrics
 
 from cx360.pipelines.job import (TABLES_WRITTEN, ComputeKpisFn, JobSettings, local_options)
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
-from cx360.transforms.decode import DEAD_LETTER, DecodeEvents, pack_events
+from cx360.transforms.decode import DEAD_LETTER, DecodeEvents
 from cx360.transforms.dedupe import EVENT_ID_ROWS, DeduplicateFn
 from cx360.transforms.identity import (WarehouseGraphStore, event_links,
                                        redact_dead_letter, stitch)

@@ -32,7 +32,6 @@ import time
 
 from cx360.pipelines.cli import UserError
 from cx360.pipelines.options import (add_kafka_args, add_registry_args, add_topic_args,
-                                     kafka_config_from_args, registry_from_args,
                                      topics_from_args)
 from cx360.pipelines.run_cmd import add_sliding_arg, add_warehouse_arg
 

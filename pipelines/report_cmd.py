@@ -375,14 +375,11 @@ def render(data: ReportData, warehouse_label: str, generated_ms: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+    from cx360.pipelines.options import open_warehouse_arg
 
     now_ms = int(time.time() * 1000)
     since_ms = parse_since(args.since, now_ms)
-    try:
-        warehouse = open_warehouse(args.warehouse, read_only=True)
-    except WarehouseError as exc:
-        raise UserError(str(exc)) from None
+    warehouse = open_warehouse_arg(args.warehouse, read_only=True)
     with warehouse:
         try:
             data = load(warehouse, args.brand, since_ms)

@@ -110,7 +110,7 @@ def parse_start_from(values: list[str], topics: dict[str, str]) -> tuple[str, di
 def build_run_config(args: argparse.Namespace):
     from cx360.pipelines.microbatch import RunConfig
     from cx360.transforms.counts import parse_duration
-    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+    from cx360.pipelines.options import open_warehouse_arg
 
     try:
         sizes = tuple(sorted({parse_duration(w) for w in args.windows.split(",") if w.strip()}))
@@ -139,10 +139,7 @@ def build_run_config(args: argparse.Namespace):
         from cx360.pipelines.microbatch import default_processes
 
         max_batch_records = DEFAULT_BATCH_RECORDS * default_processes(args.runner, workers)
-    try:  # fail early, in one line, on a bad URL or a locked file
-        open_warehouse(args.warehouse).close()
-    except WarehouseError as exc:
-        raise UserError(str(exc)) from None
+    open_warehouse_arg(args.warehouse).close()  # fail early, in one line: bad URL, locked file
     url = args.warehouse
     from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
 

@@ -34,12 +34,9 @@ def _table(title: str, header: tuple, rows: list[tuple]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cx360.transforms.warehouse import WarehouseError, open_warehouse
+    from cx360.pipelines.options import open_warehouse_arg
 
-    try:
-        warehouse = open_warehouse(args.warehouse, read_only=True)
-    except WarehouseError as exc:
-        raise UserError(str(exc)) from None
+    warehouse = open_warehouse_arg(args.warehouse, read_only=True)
     with warehouse:
         try:
             span = warehouse.query(

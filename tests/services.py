@@ -99,18 +99,23 @@ def postgres_bin_dir() -> pathlib.Path | None:
     return versions.get(15) or versions[max(versions)]
 
 
+def _apt_install(package: str, what: str, timeout: int) -> None:
+    """``apt-get install`` one Debian package (needs root; says how otherwise)."""
+    if os.geteuid() != 0:
+        raise ServiceError(f"{what} is not installed and installing it needs root: "
+                           f"sudo apt-get update && sudo apt-get install -y {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(["apt-get", "update"], "apt-get update", env=env, timeout=600)
+    _run(["apt-get", "install", "-y", "--no-install-recommends", package],
+         f"apt-get install {package}", env=env, timeout=timeout)
+
+
 def install_postgres() -> pathlib.Path:
     """PostgreSQL server binaries from apt, if missing (needs root)."""
     bin_dir = postgres_bin_dir()
     if bin_dir:
         return bin_dir
-    if os.geteuid() != 0:
-        raise ServiceError("PostgreSQL is not installed and installing it needs root: "
-                           "sudo apt-get update && sudo apt-get install -y postgresql")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update"], "apt-get update", env=env, timeout=600)
-    _run(["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-         "apt-get install postgresql", env=env, timeout=900)
+    _apt_install("postgresql", "PostgreSQL", timeout=900)
     bin_dir = postgres_bin_dir()
     if not bin_dir:
         raise ServiceError("apt-get installed postgresql but no /usr/lib/postgresql/*/bin/postgres")
@@ -127,13 +132,7 @@ def install_chromium() -> str:
     exe = chromium_binary()
     if exe:
         return exe
-    if os.geteuid() != 0:
-        raise ServiceError("Chromium is not installed and installing it needs root: "
-                           "sudo apt-get update && sudo apt-get install -y chromium")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update"], "apt-get update", env=env, timeout=600)
-    _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-         "apt-get install chromium", env=env, timeout=1800)
+    _apt_install("chromium", "Chromium", timeout=1800)
     exe = chromium_binary()
     if not exe:
         raise ServiceError("apt-get installed chromium but there is no chromium on PATH")

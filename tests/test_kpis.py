@@ -281,7 +281,7 @@ def test_web_sessions_conversion_bounce_revenue(con, events):
     campaigns = {k[3] for k in expected}
     assert "(none)" in campaigns and len(campaigns - {"(none)"}) >= 2
     funnel = {tuple(r[d] for d in dims.split(", ")): r for r in rows(
-        con, f"SELECT * FROM kpi_funnel WHERE window_seconds = 86400")}
+        con, "SELECT * FROM kpi_funnel WHERE window_seconds = 86400")}
     assert {k: (r["sessions"], r["viewed_product"], r["added_to_cart"], r["ordered"])
             for k, r in funnel.items()} == {
         k: (c["sessions"], c["viewed_product"], c["added_to_cart"], c["converted"])

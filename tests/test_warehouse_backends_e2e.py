@@ -18,7 +18,7 @@ import pytest
 
 from cx360.pipelines.generator import GeneratorConfig, generate
 from cx360.pipelines.job import TABLES_WRITTEN
-from cx360.transforms.warehouse import TABLES, open_warehouse
+from cx360.transforms.warehouse import open_warehouse
 from conftest import REPO, cli
 from kafka_helpers import produce
 
