@@ -32,4 +32,4 @@ cx360 run --once --sliding 1d/1h --warehouse "duckdb:$WAREHOUSE"
 echo "== 5/5 KPI summary from the warehouse"
 cx360 summary --warehouse "duckdb:$WAREHOUSE"
 echo
-echo "Warehouse: $PWD/$WAREHOUSE (open it read-only with DuckDB or a BI tool)."
+echo "Warehouse: $PWD/$WAREHOUSE; BI tools read its snapshot $PWD/${WAREHOUSE%.duckdb}-bi.duckdb (docs/bi.md)."
