@@ -141,7 +141,8 @@ def build_run_config(args: argparse.Namespace):
         max_batch_records = DEFAULT_BATCH_RECORDS * default_processes(args.runner, workers)
     open_warehouse_arg(args.warehouse).close()  # fail early, in one line: bad URL, locked file
     url = args.warehouse
-    from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
+    from cx360.transforms.warehouse import is_duckdb_url
+    from cx360.transforms.warehouse.duckdb_backend import absolute_url
 
     if is_duckdb_url(url):
         url = absolute_url(url)

@@ -152,7 +152,8 @@ def build_settings(args: argparse.Namespace):
                 else _seconds("--allowed-lateness", args.allowed_lateness))
     start = parse_start(args.start_from)
     warehouse = args.warehouse
-    from cx360.transforms.warehouse.duckdb_backend import absolute_url, is_duckdb_url
+    from cx360.transforms.warehouse import is_duckdb_url
+    from cx360.transforms.warehouse.duckdb_backend import absolute_url
 
     if is_duckdb_url(warehouse):
         from cx360.transforms.warehouse import WarehouseError

@@ -22,11 +22,16 @@ def display_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def is_duckdb_url(url: str) -> bool:
+    """``duckdb:...`` or a path ending in .duckdb (options may follow after ``?``)."""
+    return url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb")
+
+
 def open_warehouse(url: str, read_only: bool = False) -> Warehouse:
     """``duckdb:PATH`` (default backend), ``postgresql://...`` (or ``postgres://``) and
     ``bigquery://PROJECT/DATASET[?endpoint=...]`` (or ``bigquery:PROJECT.DATASET``); see
     docs/warehouse.md."""
-    if url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb"):
+    if is_duckdb_url(url):
         from cx360.transforms.warehouse.duckdb_backend import DuckDBWarehouse
 
         return DuckDBWarehouse(url, read_only=read_only)

@@ -73,8 +73,9 @@ def duckdb_path(url: str) -> str:
     return path
 
 
-def is_duckdb_url(url: str) -> bool:
-    return url.startswith("duckdb:") or url.partition("?")[0].endswith(".duckdb")
+def snapshot_disabled(value: str) -> bool:
+    """``?snapshot=off`` (or none/false/0): publish no BI snapshot."""
+    return value.lower() in ("off", "none", "false", "0")
 
 
 def absolute_url(url: str) -> str:
@@ -82,7 +83,7 @@ def absolute_url(url: str) -> str:
     (Beam workers may not share the driver's working directory)."""
     query = url.partition("?")[2]
     options = duckdb_options(url)[1]
-    if options.get("snapshot", "").lower() not in ("", "off", "none", "false", "0"):
+    if options.get("snapshot") and not snapshot_disabled(options["snapshot"]):
         options["snapshot"] = os.path.abspath(options["snapshot"])
     query = urllib.parse.urlencode(options) if query else ""
     return "duckdb://" + os.path.abspath(duckdb_path(url)) + (f"?{query}" if query else "")
@@ -109,7 +110,7 @@ class DuckDBWarehouse(Warehouse):
         self.read_only = read_only
         options = duckdb_options(url)[1]
         snapshot = options.get("snapshot", "")
-        if snapshot.lower() in ("off", "none", "false", "0"):
+        if snapshot_disabled(snapshot):
             self.snapshot_path = None
         else:
             self.snapshot_path = str(pathlib.Path(snapshot or default_snapshot_path(self.path))
