@@ -291,6 +291,15 @@ def _max_into(total: dict, maxima: dict) -> None:
         total[name] = max(total.get(name, value), value)
 
 
+def _fold(results, counters: dict, maxima: dict) -> float:
+    """Add the (counters, maxima, cpu_s) results of one phase's jobs into the batch's
+    counters and maxima; returns the phase's CPU seconds."""
+    for c, m, _ in results:
+        _sum_into(counters, c)
+        _max_into(maxima, m)
+    return sum(r[2] for r in results)
+
+
 class SpooledRows(Mapping):
     """``{table: rows}`` of a batch, loaded from the spool when a table is asked for and not
     kept: the writer holds one table's rows at a time, not the whole batch's."""
@@ -399,10 +408,7 @@ class ParallelBatches:
                 results.append(decode_job(settings, decoding.inline, decoding.spool, 0,
                                           *self._args()))
             results += [job.result() for job in decoding.jobs]
-            timings["decode_cpu_s"] = sum(r[2] for r in results)
-            for c, m, _ in results:
-                _sum_into(counters, c)
-                _max_into(maxima, m)
+            timings["decode_cpu_s"] = _fold(results, counters, maxima)
             timings["decode_s"] = time.monotonic() - wall
             phase = time.monotonic()
             # 2. de-duplicate and compute, bucket sets split evenly.
@@ -414,10 +420,7 @@ class ParallelBatches:
             results = [process_job(settings, groups[0], decoding.spool, 0, erased,
                                    *self._args())]
             results += [job.result() for job in jobs]
-            timings["process_cpu_s"] = sum(r[2] for r in results)
-            for c, m, _ in results:
-                _sum_into(counters, c)
-                _max_into(maxima, m)
+            timings["process_cpu_s"] = _fold(results, counters, maxima)
             timings["process_s"] = time.monotonic() - phase
             phase = time.monotonic()
             # 3. the workers start on the next batch while this process writes this one.
