@@ -44,17 +44,15 @@ PANE_COLUMNS = (
     C("generation", "INT64", "Streaming: start (epoch ms) of the job that wrote the row."),
 )
 
-#: event_counts as the streaming mode writes it: same name, key and columns as the micro-batch
-#: table (queries work on both) plus the pane columns; replaced, not added.
-EVENT_COUNT_PANES = TableSpec(
-    name=EVENT_COUNTS.name,
-    columns=EVENT_COUNTS.columns + PANE_COLUMNS,
-    key=EVENT_COUNTS.key,
-    merge="replace",
-    partition_by=EVENT_COUNTS.partition_by,
-    cluster_by=EVENT_COUNTS.cluster_by,
-    doc=EVENT_COUNTS.doc + " Streaming: the newest pane of each window.",
-)
+def pane_spec(spec: TableSpec, doc: str) -> TableSpec:
+    """A micro-batch table as the streaming mode writes it: same name, key and columns
+    (queries work on both) plus the pane columns; the newest pane replaces, not adds."""
+    return TableSpec(name=spec.name, columns=spec.columns + PANE_COLUMNS, key=spec.key,
+                     merge="replace", partition_by=spec.partition_by,
+                     cluster_by=spec.cluster_by, doc=f"{spec.doc} Streaming: {doc}")
+
+
+EVENT_COUNT_PANES = pane_spec(EVENT_COUNTS, "the newest pane of each window.")
 
 WEB_SESSIONS = TableSpec(
     name="stream_web_sessions",
@@ -85,15 +83,7 @@ PANE_TABLES = {spec.name: spec for spec in (EVENT_COUNT_PANES, WEB_SESSIONS, DEA
 #: pipeline_health as the streaming mode writes it (transforms/stream_health.py): one row per
 #: interval and topic-partition, the newest pane wins; micro-batch rows leave the pane columns
 #: NULL.
-HEALTH_PANES = TableSpec(
-    name=PIPELINE_HEALTH.name,
-    columns=PIPELINE_HEALTH.columns + PANE_COLUMNS,
-    key=PIPELINE_HEALTH.key,
-    merge="replace",
-    partition_by=PIPELINE_HEALTH.partition_by,
-    cluster_by=PIPELINE_HEALTH.cluster_by,
-    doc=PIPELINE_HEALTH.doc + " Streaming: per interval, the newest pane.",
-)
+HEALTH_PANES = pane_spec(PIPELINE_HEALTH, "per interval, the newest pane.")
 # Identity tables (transforms/identity_stream.py): the micro-batch specs, plain replace-upserts.
 PANE_TABLES.update({spec.name: spec for spec in (*IDENTITY_TABLES, HEALTH_PANES)})
 MODES = ("panes", "sessions", "replace")
