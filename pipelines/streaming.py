@@ -27,6 +27,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from cx360.schemas.registry import SchemaRegistry
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
+from cx360.transforms.kpis import FACT_TABLES, event_facts, score_event
 from cx360.transforms.identity import redact_dead_letter
 from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord, PartitionRange, unpack_records
 from cx360.transforms.kafka_source import ReadPartitionRangesFn
@@ -36,9 +37,10 @@ from cx360.transforms.stream_health import StreamHealth
 from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS
 from cx360.transforms.warehouse.panes import (DEAD_LETTERS, EVENT_COUNT_PANES, HEALTH_PANES,
                                               WEB_SESSIONS, UpsertPanes)
-from cx360.transforms.warehouse.spec import CUSTOMER_TOUCHPOINTS
-from cx360.transforms.windowed import (EVENT_COUNTS_KPI, WebSessions, WindowFamily,
-                                       WindowedKpi, WindowPlan)
+from cx360.transforms.warehouse.spec import BRANDS, CUSTOMER_TOUCHPOINTS
+from cx360.transforms.windowed import (EVENT_COUNTS_KPI, WebSessions, WindowedComponents,
+                                       WindowFamily, WindowedKpi, WindowPlan,
+                                       table_label)
 
 KAFKA_SOURCES = ("python", "java")
 
@@ -78,6 +80,7 @@ class StreamingSettings:
     identity_interval_s: int = 60       # event-time flush interval of the stitching state
     erasure_refresh_s: float = 60.0     # how often workers re-read the erasure list
     health_interval_s: int = 60         # pipeline_health rows per interval of Kafka time
+    brands: tuple = ()                  # rows of the brands dimension (share of voice)
 
     def __post_init__(self):
         if self.kafka_source not in KAFKA_SOURCES:
@@ -108,11 +111,39 @@ class StreamingSettings:
                 if topic in self.event_topics]
 
 
+class ScoreSentimentFn(beam.DoFn):
+    """Event -> ``(event, sentiment score or None)``: each event's text scored once, before
+    any window (the components of every window family and the fact rows share the score).
+    The lexicons are loaded once per worker thread in setup()."""
+
+    def __init__(self):
+        self._scorer = None
+
+    def setup(self):
+        from cx360.pipelines.job import shared_scorer
+
+        self._scorer = shared_scorer()
+
+    def process(self, event: dict):
+        yield event, score_event(event, self._scorer)
+
+
+class KpiFactsFn(beam.DoFn):
+    """``(event, score)`` -> its fact rows (inbound_posts, brand_replies, web_events), each
+    as a tagged output named after its table."""
+
+    def process(self, scored: tuple[dict, dict | None]):
+        for table, row in event_facts(*scored):
+            yield beam.pvalue.TaggedOutput(table, row)
+
+
 class StreamingKpis(beam.PTransform):
     """Record batches in (lists of KafkaRecord, stamped with their first record's Kafka
     timestamp); out: ``event_counts`` rows (global window) and ``event_counts_windows``
-    ({family label: windowed rows}), ``web_sessions`` rows and ``web_sessions_windows``,
-    ``events`` (unique, timestamped) and ``dead_letters``."""
+    ({family label: windowed rows}) for the fixed families, ``kpi_tables`` ({table: rows in
+    the global window}: the CX KPI component tables per pane and the fact tables per event),
+    ``web_sessions`` rows and ``web_sessions_windows``, ``events`` (unique, timestamped) and
+    ``dead_letters``."""
 
     def __init__(self, settings: StreamingSettings):
         super().__init__()
@@ -126,7 +157,13 @@ class StreamingKpis(beam.PTransform):
             dedupe_horizon_s=s.dedupe_horizon_s, gate_step_s=s.gate_step_s,
             gate_idle_steps=s.gate_idle_steps, fixed_now_ms=s.fixed_now_ms)
         out = {"events": stream["events"], "dead_letters": stream["dead_letters"]}
+        scored = stream["events"] | "ScoreSentiment" >> beam.ParDo(ScoreSentimentFn())
+        facts = scored | "KpiFacts" >> beam.ParDo(KpiFactsFn()).with_outputs(*FACT_TABLES)
+        kpi_tables = {table: facts[table] for table in FACT_TABLES}
         if plan.families:
+            kpi_tables.update(scored | "CxKpis" >> WindowedComponents(plan, s.generation))
+        out["kpi_tables"] = kpi_tables
+        if plan.fixed:
             counts = stream["events"] | "EventCounts" >> WindowedKpi(
                 EVENT_COUNTS_KPI, plan, s.generation)
             out["event_counts"] = counts.pop("rows")
@@ -301,6 +338,13 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     if "web_sessions" in out:
         _ = out["web_sessions"] | "WriteWebSessions" >> UpsertPanes(
             url, WEB_SESSIONS.name, "sessions")
+    for table, rows in out["kpi_tables"].items():
+        _ = rows | f"Write{table_label(table)}" >> UpsertPanes(
+            url, table, "replace" if table in FACT_TABLES else "panes")
+    if settings.brands:
+        _ = (pipeline
+             | "Brands" >> beam.Create(list(settings.brands))
+             | "WriteBrands" >> UpsertPanes(url, BRANDS.name, "replace"))
     plan = settings.plan
     health = (batches, out["dead_letters"]) | "StreamHealth" >> StreamHealth(
         settings.health_interval_s, plan.allowed_lateness_s + plan.lateness_slack_s,

@@ -189,6 +189,8 @@ def test_too_late_events_are_dead_letters_and_not_counted():
 # batch @10:41  p1 (10:10), p2 (10:40);  watermark 11:00;  batch @11:11  p3 (11:10)
 # p1 is in [09:30, 10:30) and [10:00, 11:00); p2 in [10:00, 11:00) and [10:30, 11:30);
 # p3 in [10:30, 11:30) and [11:00, 12:00). No processing-time advance: on-time panes only.
+# Sliding windows feed the sliding KPI tables (as in micro-batch mode), not event_counts: the
+# posts (no text, by a customer) are one mention and one UGC post each.
 
 def test_sliding_windows():
     log = Log()
@@ -201,15 +203,19 @@ def test_sliding_windows():
     with streaming_pipeline() as p:
         out = p | stream | StreamingKpis(settings(
             window_sizes=(), sliding=((3600, 1800),), session_gap_s=None))
-        panes = out["event_counts_windows"]["Sliding1hEvery30m"] | beam.Map(count_pane)
-        assert_that(panes, equal_to_per_window({
-            IntervalWindow(W(9, 30), W(10, 30)): [("Nordwind", 1, "ON_TIME", 0)],
-            IntervalWindow(W(10), W(11)): [("Nordwind", 2, "ON_TIME", 0)],
-            IntervalWindow(W(10, 30), W(11, 30)): [("Nordwind", 2, "ON_TIME", 0)],
-            IntervalWindow(W(11), W(12)): [("Nordwind", 1, "ON_TIME", 0)],
-        }), use_global_window=False)
-        rows = out["event_counts"] | beam.Map(lambda r: r["window_seconds"])
-        assert_that(rows, equal_to([3600] * 4), label="WindowSeconds")
+        assert "event_counts" not in out
+        assert set(out["kpi_tables"]) == {"social_kpis_sliding", "survey_kpis_sliding",
+                                          "inbound_posts", "brand_replies", "web_events"}
+        panes = out["kpi_tables"]["social_kpis_sliding"] | beam.Map(
+            lambda r: (r["window_start"], r["window_end"], r["window_seconds"],
+                       r["window_period_seconds"], r["brand"], r["language"], r["mentions"],
+                       r["ugc_posts"], r["pane_timing"], r["pane_index"]))
+        assert_that(panes, equal_to([
+            (T(9, 30), T(10, 30), 3600, 1800, "Nordwind", "und", 1, 1, "ON_TIME", 0),
+            (T(10), T(11), 3600, 1800, "Nordwind", "und", 2, 2, "ON_TIME", 0),
+            (T(10, 30), T(11, 30), 3600, 1800, "Nordwind", "und", 2, 2, "ON_TIME", 0),
+            (T(11), T(12), 3600, 1800, "Nordwind", "und", 1, 1, "ON_TIME", 0),
+        ]))
 
 
 # -- web sessions (30 min gap), per brand and cookie -----------------------------------------------
@@ -372,8 +378,11 @@ def test_deadline_is_the_earliest_window_end_plus_allowed_lateness():
     # The GroupByKeys accept it until the daily window's end + 30 min + 10 min slack.
     assert plan.last_deadline("social", W(10, 45)) == W(24, 40)
     assert plan.gbk_allowed_lateness_s == 2400
-    with pytest.raises(ValueError, match="include the fixed 1h windows"):
-        WindowPlan(families=(WindowFamily(3600), WindowFamily(3600, 900)))
+    # Fixed and sliding windows of one size may be combined (as with `cx360 run`): only the
+    # fixed ones are event_counts rows, the sliding ones go to the *_sliding KPI tables.
+    both = WindowPlan(families=(WindowFamily(3600), WindowFamily(3600, 900)))
+    assert both.fixed == (WindowFamily(3600),)
+    assert both.sliding == (WindowFamily(3600, 900),)
 
 
 # -- DataflowRunner dry run -----------------------------------------------------------------------
@@ -419,7 +428,15 @@ def test_dataflow_dry_run_builds_the_full_streaming_job():
                  "StreamingKpis/Events/LatenessGate", "StreamingKpis/Events/DeduplicateByEventId",
                  "StreamingKpis/EventCounts/Fixed1hWindows",
                  "StreamingKpis/EventCounts/Fixed1dCombine",
-                 "StreamingKpis/EventCounts/Sliding4hEvery1hWindows",
+                 "StreamingKpis/ScoreSentiment", "StreamingKpis/KpiFacts",
+                 "StreamingKpis/CxKpis/Fixed1hWindows", "StreamingKpis/CxKpis/Fixed1dCombine",
+                 "StreamingKpis/CxKpis/Sliding4hEvery1hWindows",
+                 "StreamingKpis/CxKpis/Sliding4hEvery1hCombine",
+                 "WriteSocialKpis/Upsert", "WriteShareOfVoiceCounts/Upsert",
+                 "WriteAspectMentions/Upsert", "WriteSurveyKpis/Upsert",
+                 "WriteSocialKpisSliding/Upsert", "WriteSurveyKpisSliding/Upsert",
+                 "WriteInboundPosts/Upsert", "WriteBrandReplies/Upsert",
+                 "WriteWebEvents/Upsert",
                  "StreamingKpis/WebSessions/SessionWindows", "WriteEventCounts/Upsert",
                  "WriteWebSessions/Upsert", "WriteDeadLetters/Upsert", "DeadLettersToKafka",
                  "CommitReadPositions", "StreamIdentities/DropErased",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from cx360.transforms.counts import NONE, UNKNOWN, window_start_ms
 
@@ -91,10 +91,163 @@ SOCIAL_COUNTERS = ("mentions", "ugc_posts", "inbound", "scored", "positive", "ne
 SURVEY_COUNTERS = ("responses", "score_sum", "promoters", "passives", "detractors", "top2",
                    "agree", "comments", "comment_positive", "comment_negative")
 
+#: The component tables: per table, its dimension columns and its component columns (the
+#: order of the tuples :func:`event_components` yields). Float components start at 0.0.
+COMPONENT_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "social_kpis": (("brand", "platform", "language"), SOCIAL_COUNTERS + ("polarity_sum",)),
+    "share_of_voice_counts": (("brand", "platform"), ("mentions", "reach")),
+    "aspect_mentions": (("source", "brand", "aspect", "label"), ("mentions",)),
+    "survey_kpis": (("brand", "survey_type", "touchpoint", "channel", "language"),
+                    SURVEY_COUNTERS + ("comment_polarity_sum",)),
+}
+FLOAT_COMPONENTS = frozenset({"polarity_sum", "comment_polarity_sum"})
+#: Component tables that also have sliding-window twins (``--sliding``), and their names.
+SLIDING_TABLES = {"social_kpis": "social_kpis_sliding", "survey_kpis": "survey_kpis_sliding"}
+#: The fact tables: one row per event, keyed by the event (or its post).
+FACT_TABLES = ("inbound_posts", "brand_replies", "web_events")
+
+
+def zero_components(table: str) -> dict:
+    """The component columns of ``table`` at zero (floats as 0.0)."""
+    return {name: 0.0 if name in FLOAT_COMPONENTS else 0 for name in COMPONENT_TABLES[table][1]}
+
+
+def score_event(event: dict, scorer) -> dict | None:
+    """The sentiment score of an event's text, or None when it has none that counts: social
+    posts, comments and mentions by non-brand authors, and survey free texts. Score each
+    event once and pass the result to :func:`event_components` / :func:`event_facts`."""
+    role = event["_role"]
+    if role == "social":
+        text = event.get("text")
+        if event["event_type"] in VOICE_TYPES and not event.get("author_is_brand") and text:
+            return scorer.score(text, event.get("lang"))
+    elif role == "survey":
+        comment = event.get("comment")
+        if comment and comment.strip():
+            return scorer.score(comment, event.get("lang"))
+    return None
+
+
+def event_components(e: dict, score: dict | None) -> Iterator[tuple[str, tuple, tuple]]:
+    """The mergeable components of one event: ``(table, dimensions, components)`` with the
+    values in the column order of :data:`COMPONENT_TABLES`, to be summed per window and
+    (table, dimensions). An event can yield several rows of one table (share of voice: one per
+    brand it names; aspects: one per aspect). No window here: the micro-batch mode adds the
+    window columns itself (:class:`KpiComputer`), the streaming mode gets them from Beam's
+    windows (transforms/windowed.py)."""
+    role = e["_role"]
+    if role == "social":
+        yield from _social_components(e, score)
+    elif role == "survey":
+        yield from _survey_components(e, score)
+
+
+def _social_components(e: dict, score: dict | None) -> Iterator[tuple[str, tuple, tuple]]:
+    brand = e.get("brand") or NONE
+    kind = e["event_type"]
+    by_brand = bool(e.get("author_is_brand"))
+    voice = kind in VOICE_TYPES and not by_brand
+    language = score["language"] if score else "und"
+    c = dict.fromkeys(SOCIAL_COUNTERS, 0)
+    polarity = 0.0
+    if voice:
+        c["mentions"] = 1
+        c["ugc_posts"] = int(kind == "post")
+        c["inbound"] = int(bool(e.get("aimed_at_brand")))
+        if score:
+            c["scored"] = 1
+            c[score["label"]] = 1
+            polarity = score["polarity"]
+        c["comments"] = int(kind == "comment")
+    elif kind == "post" and by_brand:
+        c["brand_posts"] = 1
+        c["brand_post_reach"] = e.get("reach") or 0
+    elif kind == "reply":
+        c["brand_replies"] = 1
+    elif kind == "like":
+        c["likes"] = 1
+    elif kind == "share":
+        c["shares"] = 1
+    yield ("social_kpis", (brand, e["platform"], language),
+           tuple(c[name] for name in SOCIAL_COUNTERS) + (polarity,))
+    if voice:
+        named = set(e.get("mentioned_brands") or ())
+        if e.get("brand"):
+            named.add(e["brand"])
+        for name in sorted(named):
+            yield "share_of_voice_counts", (name, e["platform"]), (1, e.get("reach") or 0)
+        if score:
+            yield from _aspect_components("social", brand, score)
+
+
+def _aspect_components(source: str, brand: str, score: dict):
+    for aspect in score["aspects"]:
+        yield "aspect_mentions", (source, brand, aspect, score["label"]), (1,)
+
+
+def _survey_components(e: dict, score: dict | None) -> Iterator[tuple[str, tuple, tuple]]:
+    kind, score_value = e["survey_type"], e["score"]
+    c = dict.fromkeys(SURVEY_COUNTERS, 0)
+    c["responses"] = 1
+    c["score_sum"] = score_value
+    if kind == "NPS":
+        c["promoters"] = int(score_value >= 9)
+        c["passives"] = int(7 <= score_value <= 8)
+        c["detractors"] = int(score_value <= 6)
+    elif kind == "CSAT":
+        c["top2"] = int(score_value >= 4)
+    elif kind == "CES":
+        c["agree"] = int(score_value >= 5)
+    polarity = 0.0
+    if score:
+        c["comments"] = 1
+        c["comment_positive"] = int(score["label"] == "positive")
+        c["comment_negative"] = int(score["label"] == "negative")
+        polarity = score["polarity"]
+    dims = (e["brand"], kind, e.get("touchpoint") or UNKNOWN, e.get("channel") or UNKNOWN,
+            e.get("lang") or UNKNOWN)
+    yield "survey_kpis", dims, tuple(c[name] for name in SURVEY_COUNTERS) + (polarity,)
+    if score:
+        yield from _aspect_components("survey", e["brand"], score)
+
+
+def event_facts(e: dict, score: dict | None) -> Iterator[tuple[str, dict]]:
+    """The fact rows of one event, ``(table, row)``: an inbound post (a customer's post aimed
+    at a brand), a brand reply to a post, or a web event. Keyed by their own ids, so writing
+    one twice (a re-run, a retried write) leaves the same row."""
+    role = e["_role"]
+    if role == "web":
+        yield "web_events", _web(e)
+    elif role != "social":
+        return
+    kind = e["event_type"]
+    by_brand = bool(e.get("author_is_brand"))
+    if kind in VOICE_TYPES and not by_brand and e.get("aimed_at_brand") and e.get("brand"):
+        yield "inbound_posts", {
+            "platform": e["platform"], "post_id": e["post_id"], "event_id": e["event_id"],
+            "brand": e["brand"], "event_type": kind, "inbound_time": e["event_time"],
+            "language": score["language"] if score else "und",
+            "polarity": score["polarity"] if score else 0.0,
+            "label": score["label"] if score else "neutral",
+            "aspects": ",".join(score["aspects"]) if score and score["aspects"] else None}
+    if kind == "reply" and e.get("parent_post_id"):
+        yield "brand_replies", {"event_id": e["event_id"], "platform": e["platform"],
+                                "parent_post_id": e["parent_post_id"],
+                                "brand": e.get("brand") or NONE, "reply_time": e["event_time"]}
+
+
+def component_row(table: str, dims: tuple, values: tuple) -> dict:
+    """A component row without its window columns."""
+    dim_names, names = COMPONENT_TABLES[table]
+    row = dict(zip(dim_names, dims))
+    row.update(zip(names, values))
+    return row
+
 
 class KpiComputer:
-    """Turns events into KPI table rows. ``scorer`` is a SentimentScorer (or anything with
-    ``score(text, lang_hint) -> {language, polarity, label, aspects}``).
+    """Turns events into KPI table rows (micro-batch mode: components summed per window over
+    one batch; the warehouse adds them to the stored rows). ``scorer`` is a SentimentScorer
+    (or anything with ``score(text, lang_hint) -> {language, polarity, label, aspects}``).
 
     ``sliding``: ``(size, period)`` pairs in seconds; social and survey components are also
     computed for sliding windows of ``size`` every ``period`` (tables ``*_sliding``, keyed by
@@ -110,154 +263,52 @@ class KpiComputer:
                                  f"size that divides it, got {period} s")
         self.scorer = scorer
 
-    def _windows(self, event_time: int) -> Iterable[tuple[int, int | None, int]]:
-        """(size, period, start) of every fixed window of an event (period None), and per
-        sliding family the start of its *pane*: the period-long slice holding the event.
-        Components are summed per pane first and spread to the size/period windows covering
-        the pane afterwards (:func:`_spread_panes`), so the per-event cost does not grow with
-        the number of overlapping windows."""
+    def _windows(self, table: str, event_time: int) -> Iterator[tuple[int, int | None, int]]:
+        """(size, period, start) of every fixed window of an event (period None), and for
+        tables with sliding twins, per sliding family the start of its *pane*: the
+        period-long slice holding the event. Components are summed per pane first and spread
+        to the size/period windows covering the pane afterwards (:func:`_spread_panes`), so
+        the per-event cost does not grow with the number of overlapping windows."""
         for size in self.sizes:
             yield size, None, window_start_ms(event_time, size)
-        for size, period in self.sliding:
-            yield size, period, window_start_ms(event_time, period)
+        if table in SLIDING_TABLES:
+            for size, period in self.sliding:
+                yield size, period, window_start_ms(event_time, period)
 
     def rows(self, events: Iterable[dict]) -> dict[str, list[dict]]:
-        social, voice, aspects, survey = _Adder(), _Adder(), _Adder(), _Adder()
-        inbound, replies, web = [], [], []
+        adders = {table: _Adder() for table in COMPONENT_TABLES}
+        facts: dict[str, list[dict]] = {table: [] for table in FACT_TABLES}
         for event in events:
-            role = event["_role"]
-            if role == "social":
-                self._social(event, social, voice, aspects, inbound, replies)
-            elif role == "survey":
-                self._survey(event, survey, aspects)
-            else:
-                web.append(self._web(event))
-        social_rows, survey_rows = social.values(), survey.values()
-        return {"social_kpis": [r for r in social_rows if "window_period_seconds" not in r],
-                "social_kpis_sliding": _spread_panes(
-                    [r for r in social_rows if "window_period_seconds" in r],
-                    SOCIAL_COUNTERS + ("polarity_sum",)),
-                "share_of_voice_counts": voice.values(),
-                "aspect_mentions": aspects.values(),
-                "survey_kpis": [r for r in survey_rows if "window_period_seconds" not in r],
-                "survey_kpis_sliding": _spread_panes(
-                    [r for r in survey_rows if "window_period_seconds" in r],
-                    SURVEY_COUNTERS + ("comment_polarity_sum",)),
-                "inbound_posts": inbound, "brand_replies": replies, "web_events": web}
+            score = score_event(event, self.scorer)
+            for table, dims, values in event_components(event, score):
+                adder = adders[table]
+                increments = dict(zip(COMPONENT_TABLES[table][1], values))
+                for size, period, start in self._windows(table, event["event_time"]):
+                    adder.add((size, period, start) + dims,
+                              lambda: dict(_window_cols(size, start, period),
+                                           **component_row(table, dims, ()),
+                                           **zero_components(table)),
+                              **increments)
+            for table, row in event_facts(event, score):
+                facts[table].append(row)
+        out: dict[str, list[dict]] = {}
+        for table, adder in adders.items():
+            rows = adder.values()
+            out[table] = [r for r in rows if "window_period_seconds" not in r]
+            if table in SLIDING_TABLES:
+                out[SLIDING_TABLES[table]] = _spread_panes(
+                    [r for r in rows if "window_period_seconds" in r],
+                    COMPONENT_TABLES[table][1])
+        out.update(facts)
+        return out
 
-    # -- social ----------------------------------------------------------------------------
-    def _social(self, e: dict, social: _Adder, voice: _Adder, aspects: _Adder,
-                inbound: list, replies: list) -> None:
-        brand = e.get("brand") or NONE
-        kind = e["event_type"]
-        by_brand = bool(e.get("author_is_brand"))
-        text = e.get("text")
-        score = None
-        if kind in VOICE_TYPES and not by_brand and text:
-            score = self.scorer.score(text, e.get("lang"))
-        language = score["language"] if score else "und"
-        c = dict.fromkeys(SOCIAL_COUNTERS, 0)
-        polarity = 0.0
-        if kind in VOICE_TYPES and not by_brand:
-            c["mentions"] = 1
-            c["ugc_posts"] = int(kind == "post")
-            c["inbound"] = int(bool(e.get("aimed_at_brand")))
-            if score:
-                c["scored"] = 1
-                c[score["label"]] = 1
-                polarity = score["polarity"]
-            c["comments"] = int(kind == "comment")
-        elif kind == "post" and by_brand:
-            c["brand_posts"] = 1
-            c["brand_post_reach"] = e.get("reach") or 0
-        elif kind == "reply":
-            c["brand_replies"] = 1
-        elif kind == "like":
-            c["likes"] = 1
-        elif kind == "share":
-            c["shares"] = 1
-        for size, period, start in self._windows(e["event_time"]):
-            social.add((size, period, start, brand, e["platform"], language),
-                       lambda: dict(_window_cols(size, start, period), brand=brand,
-                                    platform=e["platform"], language=language,
-                                    polarity_sum=0.0, **dict.fromkeys(SOCIAL_COUNTERS, 0)),
-                       polarity_sum=polarity, **c)
-        if kind in VOICE_TYPES and not by_brand:
-            named = set(e.get("mentioned_brands") or ())
-            if e.get("brand"):
-                named.add(e["brand"])
-            for size in self.sizes:
-                start = window_start_ms(e["event_time"], size)
-                for name in named:
-                    voice.add((size, start, name, e["platform"]),
-                              lambda: dict(_window_cols(size, start), brand=name,
-                                           platform=e["platform"], mentions=0, reach=0),
-                              mentions=1, reach=e.get("reach") or 0)
-            if score:
-                self._aspects(aspects, "social", brand, e["event_time"], score)
-            if e.get("aimed_at_brand") and e.get("brand"):
-                inbound.append({
-                    "platform": e["platform"], "post_id": e["post_id"], "event_id": e["event_id"],
-                    "brand": e["brand"], "event_type": kind, "inbound_time": e["event_time"],
-                    "language": language, "polarity": score["polarity"] if score else 0.0,
-                    "label": score["label"] if score else "neutral",
-                    "aspects": ",".join(score["aspects"]) if score and score["aspects"] else None})
-        if kind == "reply" and e.get("parent_post_id"):
-            replies.append({"event_id": e["event_id"], "platform": e["platform"],
-                            "parent_post_id": e["parent_post_id"], "brand": brand,
-                            "reply_time": e["event_time"]})
 
-    def _aspects(self, aspects: _Adder, source: str, brand: str, event_time: int,
-                 score: dict) -> None:
-        for aspect in score["aspects"]:
-            for size in self.sizes:
-                start = window_start_ms(event_time, size)
-                aspects.add((size, start, source, brand, aspect, score["label"]),
-                            lambda: dict(_window_cols(size, start), source=source, brand=brand,
-                                         aspect=aspect, label=score["label"], mentions=0),
-                            mentions=1)
-
-    # -- surveys ---------------------------------------------------------------------------
-    def _survey(self, e: dict, survey: _Adder, aspects: _Adder) -> None:
-        kind, score_value = e["survey_type"], e["score"]
-        c = dict.fromkeys(SURVEY_COUNTERS, 0)
-        c["responses"] = 1
-        c["score_sum"] = score_value
-        if kind == "NPS":
-            c["promoters"] = int(score_value >= 9)
-            c["passives"] = int(7 <= score_value <= 8)
-            c["detractors"] = int(score_value <= 6)
-        elif kind == "CSAT":
-            c["top2"] = int(score_value >= 4)
-        elif kind == "CES":
-            c["agree"] = int(score_value >= 5)
-        polarity = 0.0
-        comment = e.get("comment")
-        if comment and comment.strip():
-            score = self.scorer.score(comment, e.get("lang"))
-            c["comments"] = 1
-            c["comment_positive"] = int(score["label"] == "positive")
-            c["comment_negative"] = int(score["label"] == "negative")
-            polarity = score["polarity"]
-            self._aspects(aspects, "survey", e["brand"], e["event_time"], score)
-        dims = (e["brand"], kind, e.get("touchpoint") or UNKNOWN, e.get("channel") or UNKNOWN,
-                e.get("lang") or UNKNOWN)
-        for size, period, start in self._windows(e["event_time"]):
-            survey.add((size, period, start) + dims,
-                       lambda: dict(_window_cols(size, start, period), brand=dims[0],
-                                    survey_type=dims[1],
-                                    touchpoint=dims[2], channel=dims[3], language=dims[4],
-                                    comment_polarity_sum=0.0, **dict.fromkeys(SURVEY_COUNTERS, 0)),
-                       comment_polarity_sum=polarity, **c)
-
-    # -- web -------------------------------------------------------------------------------
-    @staticmethod
-    def _web(e: dict) -> dict:
-        return {"event_id": e["event_id"], "brand": e["brand"], "event_time": e["event_time"],
-                "event_type": e["event_type"], "session_id": e["session_id"],
-                "cookie_id": e["cookie_id"], "account_id": e.get("account_id"),
-                "page_type": e.get("page_type"), "product_id": e.get("product_id"),
-                "referrer": e.get("referrer"), "utm_source": e.get("utm_source"),
-                "utm_medium": e.get("utm_medium"), "utm_campaign": e.get("utm_campaign"),
-                "order_id": e.get("order_id"), "order_value": e.get("order_value"),
-                "currency": e.get("currency"), "device": e.get("device")}
+def _web(e: dict) -> dict:
+    return {"event_id": e["event_id"], "brand": e["brand"], "event_time": e["event_time"],
+            "event_type": e["event_type"], "session_id": e["session_id"],
+            "cookie_id": e["cookie_id"], "account_id": e.get("account_id"),
+            "page_type": e.get("page_type"), "product_id": e.get("product_id"),
+            "referrer": e.get("referrer"), "utm_source": e.get("utm_source"),
+            "utm_medium": e.get("utm_medium"), "utm_campaign": e.get("utm_campaign"),
+            "order_id": e.get("order_id"), "order_value": e.get("order_value"),
+            "currency": e.get("currency"), "device": e.get("device")}

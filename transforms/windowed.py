@@ -32,6 +32,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from cx360.transforms.counts import dimensions as count_dimensions
+from cx360.transforms.kpis import (COMPONENT_TABLES, SLIDING_TABLES, component_row,
+                                   event_components)
 
 DAY_S = 86400
 
@@ -116,19 +118,20 @@ class WindowPlan:
     def __post_init__(self):
         if not self.families and not self.session_gap_s:
             raise ValueError("no windows configured")
-        fixed = {f.size_s for f in self.families if not f.sliding}
-        for family in self.families:
-            if family.sliding and family.size_s in fixed:
-                raise ValueError(
-                    f"sliding {_duration_label(family.size_s)} windows include the fixed "
-                    f"{_duration_label(family.size_s)} windows (same rows in event_counts): "
-                    "configure one of them")
         if len(set(self.families)) != len(self.families):
             raise ValueError("a window family is configured twice")
         if self.allowed_lateness_s < 0 or self.lateness_slack_s < 0:
             raise ValueError("allowed lateness and slack must not be negative")
         if self.early_firing_s <= 0:
             raise ValueError("the early firing delay must be positive")
+
+    @property
+    def fixed(self) -> tuple[WindowFamily, ...]:
+        return tuple(f for f in self.families if not f.sliding)
+
+    @property
+    def sliding(self) -> tuple[WindowFamily, ...]:
+        return tuple(f for f in self.families if f.sliding)
 
     # -- which windows an event belongs to ------------------------------------------------
     def windowfns_for(self, role: str) -> list[WindowFn]:
@@ -263,7 +266,7 @@ def _kpi_pair(kpi: Kpi):
 
 
 class WindowedKpi(beam.PTransform):
-    """Timestamped events -> rows of ``kpi`` per pane, per window of every family.
+    """Timestamped events -> rows of ``kpi`` per pane, per window of every fixed family.
 
     Returns ``{family label: windowed rows}`` (for tests that look at windows and panes)
     plus ``'rows'``: all rows re-windowed into the global window, ready for the sink."""
@@ -281,7 +284,10 @@ class WindowedKpi(beam.PTransform):
             events = events | "OnlyRoles" >> beam.Filter(lambda e: e["_role"] in roles)
         pairs = events | "DimensionsAndComponents" >> beam.Map(_kpi_pair(kpi))
         out, rows = {}, []
-        for family in self.plan.families:
+        # Fixed windows only, as in micro-batch mode: the table's key has no period, so
+        # overlapping sliding windows would mix with them (sliding windows feed the *_sliding
+        # component tables, see WindowedComponents).
+        for family in self.plan.fixed:
             windowed = (
                 pairs
                 | f"{family.label}Windows" >> self.plan.window_into(family.windowfn())
@@ -293,6 +299,120 @@ class WindowedKpi(beam.PTransform):
                 GlobalWindows()))
         out["rows"] = rows | "AllRows" >> beam.Flatten()
         return out
+
+
+# -- the CX KPI component tables ------------------------------------------------------------
+
+class SumParts(beam.CombineFn):
+    """Element-wise sum of component tuples of any width (all values of one key have the
+    width of their table): mergeable, so the runner pre-combines before the shuffle."""
+
+    def create_accumulator(self) -> tuple:
+        return ()
+
+    def add_input(self, acc: tuple, values: tuple) -> tuple:
+        return tuple(a + v for a, v in zip(acc, values)) if acc else tuple(values)
+
+    def add_inputs(self, acc: tuple, inputs: Iterable[tuple]) -> tuple:
+        totals = list(acc)
+        for values in inputs:
+            if totals:
+                for i, v in enumerate(values):
+                    totals[i] += v
+            else:
+                totals = list(values)
+        return tuple(totals)
+
+    def merge_accumulators(self, accumulators: Iterable[tuple]) -> tuple:
+        return self.add_inputs((), accumulators)
+
+    def extract_output(self, acc: tuple) -> tuple:
+        return acc
+
+
+def component_parts(scored: tuple[dict, dict | None]) -> Iterator[tuple[tuple, tuple]]:
+    """An ``(event, sentiment score)`` pair -> ``((table, dimensions), components)`` for
+    every component row of the event (:func:`cx360.transforms.kpis.event_components`)."""
+    event, score = scored
+    for table, dims, values in event_components(event, score):
+        yield (table, dims), values
+
+
+class ComponentRowsFn(beam.DoFn):
+    """``((table, dimensions), components)`` of one pane -> the warehouse row, as a tagged
+    output named after its table (``*_sliding`` for sliding families): the micro-batch
+    columns plus the pane's index and timing (the replace-upsert keeps the newest)."""
+
+    def __init__(self, family: WindowFamily, generation: int):
+        self.family = family
+        self.generation = generation
+
+    def process(self, element: tuple[tuple, tuple], window=beam.DoFn.WindowParam,
+                pane=beam.DoFn.PaneInfoParam):
+        (table, dims), values = element
+        row = {"window_seconds": self.family.size_s, "window_start": to_ms(window.start),
+               "window_end": to_ms(window.end)}
+        name = table
+        if self.family.sliding:
+            row["window_period_seconds"] = self.family.period_s
+            name = SLIDING_TABLES[table]
+        row.update(component_row(table, dims, values))
+        row.update(pane_columns(pane, self.generation))
+        yield beam.pvalue.TaggedOutput(name, row)
+
+
+def component_tables(plan: WindowPlan) -> tuple[str, ...]:
+    """The component tables ``plan`` fills: every one for fixed families, the ``*_sliding``
+    ones for sliding families (as ``cx360 run --windows/--sliding`` does)."""
+    tables = tuple(COMPONENT_TABLES) if plan.fixed else ()
+    return tables + (tuple(SLIDING_TABLES.values()) if plan.sliding else ())
+
+
+class WindowedComponents(beam.PTransform):
+    """Timestamped ``(event, sentiment score)`` pairs -> rows of the CX KPI component tables
+    (social_kpis, share_of_voice_counts, aspect_mentions, survey_kpis and, for sliding
+    families, social_kpis_sliding and survey_kpis_sliding), one per pane of each window and
+    (table, dimensions).
+
+    One combine per window family over all tables (key: table and dimensions), with the
+    plan's trigger. Returns ``{table: rows in the global window}``, ready for the sink."""
+
+    def __init__(self, plan: WindowPlan, generation: int):
+        super().__init__()
+        self.plan = plan
+        self.generation = generation
+
+    def expand(self, scored):
+        parts = scored | "Components" >> beam.FlatMap(component_parts)
+        sliding_parts = None
+        per_table: dict[str, list] = {table: [] for table in component_tables(self.plan)}
+        for family in self.plan.families:
+            source = parts
+            if family.sliding:
+                if sliding_parts is None:
+                    sliding_parts = parts | "SlidingTablesOnly" >> beam.Filter(
+                        lambda part: part[0][0] in SLIDING_TABLES)
+                source = sliding_parts
+            tables = (tuple(SLIDING_TABLES.values()) if family.sliding
+                      else tuple(COMPONENT_TABLES))
+            rows = (source
+                    | f"{family.label}Windows" >> self.plan.window_into(family.windowfn())
+                    | f"{family.label}Combine" >> beam.CombinePerKey(SumParts())
+                    | f"{family.label}Rows" >> beam.ParDo(
+                        ComponentRowsFn(family, self.generation)).with_outputs(*tables))
+            for table in tables:
+                per_table[table].append(rows[table])
+        out = {}
+        for table, pieces in per_table.items():
+            out[table] = (pieces
+                          | f"All{table_label(table)}" >> beam.Flatten()
+                          | f"{table_label(table)}Unwindowed" >> beam.WindowInto(GlobalWindows()))
+        return out
+
+
+def table_label(table: str) -> str:
+    """A step label from a table name: ``social_kpis`` -> ``SocialKpis``."""
+    return "".join(part.capitalize() for part in table.split("_"))
 
 
 # -- web sessions -----------------------------------------------------------------------------

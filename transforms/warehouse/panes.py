@@ -35,8 +35,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from cx360.transforms.warehouse.base import Warehouse, WarehouseError
-from cx360.transforms.warehouse.spec import (C, DEAD_LETTERS, EVENT_COUNTS, IDENTITY_TABLES,
-                                             PIPELINE_HEALTH, TableSpec)
+from cx360.transforms.warehouse.spec import (
+    ASPECTS, BRAND_REPLIES, BRANDS, C, DEAD_LETTERS, EVENT_COUNTS, IDENTITY_TABLES,
+    INBOUND_POSTS, PIPELINE_HEALTH, SOCIAL_KPIS, SOCIAL_KPIS_SLIDING, SURVEY_KPIS,
+    SURVEY_KPIS_SLIDING, VOICE, WEB_EVENTS, TableSpec)
 
 PANE_COLUMNS = (
     C("pane_index", "INT64", "Streaming: index of the pane (trigger firing) that wrote the row."),
@@ -86,6 +88,17 @@ PANE_TABLES = {spec.name: spec for spec in (EVENT_COUNT_PANES, WEB_SESSIONS, DEA
 HEALTH_PANES = pane_spec(PIPELINE_HEALTH, "per interval, the newest pane.")
 # Identity tables (transforms/identity_stream.py): the micro-batch specs, plain replace-upserts.
 PANE_TABLES.update({spec.name: spec for spec in (*IDENTITY_TABLES, HEALTH_PANES)})
+#: The CX KPI component tables as the streaming mode writes them (transforms/windowed.py
+#: WindowedComponents): the micro-batch names, keys and columns, each window's newest pane.
+KPI_COMPONENT_PANES = tuple(
+    pane_spec(spec, "the newest pane of each window.")
+    for spec in (SOCIAL_KPIS, VOICE, ASPECTS, SURVEY_KPIS, SOCIAL_KPIS_SLIDING,
+                 SURVEY_KPIS_SLIDING))
+#: The KPI fact tables (one row per event, keyed by it) and the brands dimension: the
+#: micro-batch specs, plain replace-upserts.
+KPI_FACT_TABLES = (INBOUND_POSTS, BRAND_REPLIES, WEB_EVENTS)
+PANE_TABLES.update({spec.name: spec for spec in (*KPI_COMPONENT_PANES, *KPI_FACT_TABLES,
+                                                 BRANDS)})
 MODES = ("panes", "sessions", "replace")
 
 
