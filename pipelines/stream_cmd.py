@@ -63,6 +63,9 @@ def register(sub) -> None:
     parser.add_argument("--max-future", default="15m",
                         help="allowed clock skew: events stamped further ahead of the "
                              "processing time are dead letters (default 15m)")
+    parser.add_argument("--brands", default=os.environ.get("CX360_BRANDS"),
+                        help="JSON file of brands and competitive sets for share of voice "
+                             "(default: the demo brands shipped with cx360)")
     parser.add_argument("--wait", action="store_true",
                         help="block until the job ends (default: return once submitted)")
     parser.add_argument("--warehouse",
@@ -151,6 +154,12 @@ def build_settings(args: argparse.Namespace):
     lateness = (0 if args.allowed_lateness.strip() in ("0", "0s")
                 else _seconds("--allowed-lateness", args.allowed_lateness))
     start = parse_start(args.start_from)
+    from cx360.transforms.kpis import load_brands
+
+    try:
+        brands = tuple(load_brands(args.brands))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--brands {args.brands}: {exc}") from None
     warehouse = args.warehouse
     from cx360.transforms.warehouse import is_duckdb_url
     from cx360.transforms.warehouse.duckdb_backend import absolute_url
@@ -173,7 +182,7 @@ def build_settings(args: argparse.Namespace):
             max_future_ms=_seconds("--max-future", args.max_future) * 1000,
             kafka_source=args.kafka_source, group_id=args.group_id,
             java_start_from="timestamp" if isinstance(start, int) else start,
-            java_start_time_ms=start if isinstance(start, int) else None)
+            java_start_time_ms=start if isinstance(start, int) else None, brands=brands)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.kafka_source != "python":
@@ -225,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
     dry_run = options.view_as(TestOptions).dry_run
     if dry_run and args.runner != "DataflowRunner":
         raise UserError("--dry_run is honoured by the DataflowRunner only")
+    if not dry_run:
+        from cx360.pipelines.streaming import prepare_warehouse
+        from cx360.transforms.warehouse import WarehouseError
+
+        try:
+            prepare_warehouse(settings.warehouse_url)  # tables and KPI views, before the job
+        except WarehouseError as exc:
+            raise UserError(f"warehouse {settings.warehouse_url}: {exc}") from None
     pipeline = beam.Pipeline(options=options)
     build_streaming_pipeline(pipeline, settings)
     result = pipeline.run()

@@ -368,6 +368,24 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     return out
 
 
+def prepare_warehouse(url: str) -> None:
+    """Create every table the streaming job writes (with the pane columns), the others the
+    KPI views read, and the views (kpi_*, customer_360, ...): the same views as in micro-batch
+    mode, over the same tables. ``cx360 stream`` does this before it submits the job (the
+    sink itself creates only the tables it writes)."""
+    from cx360.transforms.warehouse import open_warehouse
+    from cx360.transforms.warehouse.panes import PANE_TABLES, prepare
+    from cx360.transforms.warehouse.spec import TABLES
+
+    warehouse = open_warehouse(url)
+    try:
+        prepare(warehouse, PANE_TABLES.values())   # first: these add the pane columns
+        warehouse.ensure_tables(TABLES.values())
+        warehouse.ensure_views()
+    finally:
+        warehouse.close()
+
+
 def streaming_options(runner: str, extra: Sequence[str] = ()):
     """Pipeline options for a streaming run on ``runner``, plus pass-through Beam flags."""
     from apache_beam.options.pipeline_options import PipelineOptions
