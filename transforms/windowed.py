@@ -339,9 +339,9 @@ def component_parts(scored: tuple[dict, dict | None]) -> Iterator[tuple[tuple, t
 
 
 class ComponentRowsFn(beam.DoFn):
-    """``((table, dimensions), components)`` of one pane -> the warehouse row, as a tagged
-    output named after its table (``*_sliding`` for sliding families): the micro-batch
-    columns plus the pane's index and timing (the replace-upsert keeps the newest)."""
+    """``((table, dimensions), components)`` of one pane -> ``(table, warehouse row)``
+    (``*_sliding`` tables for sliding families): the micro-batch columns plus the pane's
+    index and timing (the replace-upsert keeps the newest)."""
 
     def __init__(self, family: WindowFamily, generation: int):
         self.family = family
@@ -358,7 +358,12 @@ class ComponentRowsFn(beam.DoFn):
             name = SLIDING_TABLES[table]
         row.update(component_row(table, dims, values))
         row.update(pane_columns(pane, self.generation))
-        yield beam.pvalue.TaggedOutput(name, row)
+        yield name, row
+
+
+def rows_by_table(named_row: tuple[str, dict]):
+    name, row = named_row
+    yield beam.pvalue.TaggedOutput(name, row)
 
 
 def component_tables(plan: WindowPlan) -> tuple[str, ...]:
@@ -385,7 +390,7 @@ class WindowedComponents(beam.PTransform):
     def expand(self, scored):
         parts = scored | "Components" >> beam.FlatMap(component_parts)
         sliding_parts = None
-        per_table: dict[str, list] = {table: [] for table in component_tables(self.plan)}
+        rows = []
         for family in self.plan.families:
             source = parts
             if family.sliding:
@@ -393,21 +398,17 @@ class WindowedComponents(beam.PTransform):
                     sliding_parts = parts | "SlidingTablesOnly" >> beam.Filter(
                         lambda part: part[0][0] in SLIDING_TABLES)
                 source = sliding_parts
-            tables = (tuple(SLIDING_TABLES.values()) if family.sliding
-                      else tuple(COMPONENT_TABLES))
-            rows = (source
-                    | f"{family.label}Windows" >> self.plan.window_into(family.windowfn())
-                    | f"{family.label}Combine" >> beam.CombinePerKey(SumParts())
-                    | f"{family.label}Rows" >> beam.ParDo(
-                        ComponentRowsFn(family, self.generation)).with_outputs(*tables))
-            for table in tables:
-                per_table[table].append(rows[table])
-        out = {}
-        for table, pieces in per_table.items():
-            out[table] = (pieces
-                          | f"All{table_label(table)}" >> beam.Flatten()
-                          | f"{table_label(table)}Unwindowed" >> beam.WindowInto(GlobalWindows()))
-        return out
+            rows.append(
+                source
+                | f"{family.label}Windows" >> self.plan.window_into(family.windowfn())
+                | f"{family.label}Combine" >> beam.CombinePerKey(SumParts())
+                | f"{family.label}Rows" >> beam.ParDo(ComponentRowsFn(family, self.generation))
+                | f"{family.label}Unwindowed" >> beam.WindowInto(GlobalWindows()))
+        tables = component_tables(self.plan)
+        split = (rows
+                 | "AllRows" >> beam.Flatten()
+                 | "ByTable" >> beam.FlatMap(rows_by_table).with_outputs(*tables))
+        return {table: split[table] for table in tables}
 
 
 def table_label(table: str) -> str:
