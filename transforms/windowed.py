@@ -15,9 +15,13 @@ Every window family (fixed windows of each configured size, sliding windows wher
   ``allowed_lateness + lateness_slack``, so nothing the gate let through can be dropped by the
   runner (see the gate's docstring for why the slack suffices).
 
-A KPI is a :class:`Kpi`: dimensions and mergeable components (counts and sums) of an event.
-:class:`WindowedKpi` combines the components per (window, dimensions) in every family and
-emits one row per pane; adding a KPI means adding a ``Kpi`` and a table spec, nothing else.
+``event_counts`` is a :class:`Kpi` (dimensions and mergeable components of an event):
+:class:`WindowedKpi` combines them per (window, dimensions) in every fixed family and emits
+one row per pane. The CX KPI component tables (social_kpis, share_of_voice_counts,
+aspect_mentions, survey_kpis and the ``*_sliding`` twins) go through
+:class:`WindowedComponents`: one combine per family keyed by (table, dimensions), fed by
+:func:`cx360.transforms.kpis.event_components`, the per-event logic the micro-batch mode uses
+too, so both modes write the same rows.
 """
 from __future__ import annotations
 
