@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from cx360.transforms.counts import NONE, UNKNOWN, window_start_ms
 
@@ -28,24 +28,6 @@ def load_brands(path: str | pathlib.Path | None = None) -> list[dict]:
         rows.append({"brand": entry["brand"], "industry": entry.get("industry") or NONE,
                      "own": bool(entry.get("own", False))})
     return rows
-
-
-class _Adder:
-    """Sums dict components per key."""
-
-    def __init__(self):
-        self.rows: dict[tuple, dict] = {}
-
-    def add(self, key: tuple, make: Callable[[], dict], **increments) -> None:
-        row = self.rows.get(key)
-        if row is None:
-            row = self.rows[key] = make()
-        for name, value in increments.items():
-            if value:
-                row[name] += value
-
-    def values(self) -> list[dict]:
-        return list(self.rows.values())
 
 
 def _window_cols(size: int, start: int, period: int | None = None) -> dict:
@@ -100,16 +82,10 @@ COMPONENT_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "survey_kpis": (("brand", "survey_type", "touchpoint", "channel", "language"),
                     SURVEY_COUNTERS + ("comment_polarity_sum",)),
 }
-FLOAT_COMPONENTS = frozenset({"polarity_sum", "comment_polarity_sum"})
 #: Component tables that also have sliding-window twins (``--sliding``), and their names.
 SLIDING_TABLES = {"social_kpis": "social_kpis_sliding", "survey_kpis": "survey_kpis_sliding"}
 #: The fact tables: one row per event, keyed by the event (or its post).
 FACT_TABLES = ("inbound_posts", "brand_replies", "web_events")
-
-
-def zero_components(table: str) -> dict:
-    """The component columns of ``table`` at zero (floats as 0.0)."""
-    return {name: 0.0 if name in FLOAT_COMPONENTS else 0 for name in COMPONENT_TABLES[table][1]}
 
 
 def score_event(event: dict, scorer) -> dict | None:
@@ -263,42 +239,47 @@ class KpiComputer:
                                  f"size that divides it, got {period} s")
         self.scorer = scorer
 
-    def _windows(self, table: str, event_time: int) -> Iterator[tuple[int, int | None, int]]:
-        """(size, period, start) of every fixed window of an event (period None), and for
-        tables with sliding twins, per sliding family the start of its *pane*: the
-        period-long slice holding the event. Components are summed per pane first and spread
-        to the size/period windows covering the pane afterwards (:func:`_spread_panes`), so
-        the per-event cost does not grow with the number of overlapping windows."""
-        for size in self.sizes:
-            yield size, None, window_start_ms(event_time, size)
-        if table in SLIDING_TABLES:
-            for size, period in self.sliding:
-                yield size, period, window_start_ms(event_time, period)
+    def _windows(self, event_time: int) -> tuple[list, list]:
+        """(size, period, start) of every fixed window of an event (period None), and per
+        sliding family the start of its *pane*: the period-long slice holding the event
+        (for tables with sliding twins). Components are summed per pane first and spread to
+        the size/period windows covering the pane afterwards (:func:`_spread_panes`), so the
+        per-event cost does not grow with the number of overlapping windows."""
+        fixed = [(size, None, window_start_ms(event_time, size)) for size in self.sizes]
+        return fixed, fixed + [(size, period, window_start_ms(event_time, period))
+                               for size, period in self.sliding]
 
     def rows(self, events: Iterable[dict]) -> dict[str, list[dict]]:
-        adders = {table: _Adder() for table in COMPONENT_TABLES}
+        sums: dict[str, dict[tuple, list]] = {table: {} for table in COMPONENT_TABLES}
         facts: dict[str, list[dict]] = {table: [] for table in FACT_TABLES}
         for event in events:
             score = score_event(event, self.scorer)
+            fixed, with_sliding = self._windows(event["event_time"])
             for table, dims, values in event_components(event, score):
-                adder = adders[table]
-                increments = dict(zip(COMPONENT_TABLES[table][1], values))
-                for size, period, start in self._windows(table, event["event_time"]):
-                    adder.add((size, period, start) + dims,
-                              lambda: dict(_window_cols(size, start, period),
-                                           **component_row(table, dims, ()),
-                                           **zero_components(table)),
-                              **increments)
+                acc = sums[table]
+                for window in (with_sliding if table in SLIDING_TABLES else fixed):
+                    key = window + dims
+                    stored = acc.get(key)
+                    if stored is None:
+                        acc[key] = list(values)
+                    else:
+                        for i, value in enumerate(values):
+                            if value:
+                                stored[i] += value
             for table, row in event_facts(event, score):
                 facts[table].append(row)
         out: dict[str, list[dict]] = {}
-        for table, adder in adders.items():
-            rows = adder.values()
-            out[table] = [r for r in rows if "window_period_seconds" not in r]
+        for table, acc in sums.items():
+            dim_names, names = COMPONENT_TABLES[table]
+            fixed_rows, pane_rows = [], []
+            for (size, period, start, *dims), values in acc.items():
+                row = _window_cols(size, start, period)
+                row.update(zip(dim_names, dims))
+                row.update(zip(names, values))
+                (fixed_rows if period is None else pane_rows).append(row)
+            out[table] = fixed_rows
             if table in SLIDING_TABLES:
-                out[SLIDING_TABLES[table]] = _spread_panes(
-                    [r for r in rows if "window_period_seconds" in r],
-                    COMPONENT_TABLES[table][1])
+                out[SLIDING_TABLES[table]] = _spread_panes(pane_rows, names)
         out.update(facts)
         return out
 
