@@ -4,8 +4,8 @@ The same generated events (three days, with duplicates, malformed records and la
 go through the streaming job (TestStream on the BundleBasedDirectRunner, early, on-time and
 late panes, the replace-upsert sink into DuckDB) and through `cx360 run --once` (a real
 broker, several micro-batches whose components are added up) into a second DuckDB. Every
-kpi_* view and every component and fact table must hold the same rows in both (pane columns
-aside). Then one hand-worked case: an early pane, then a late event whose pane replaces it.
+kpi_* view (identity stitching runs in both, so the journey views and customer_360 too) and
+every component and fact table must hold the same rows in both (pane columns aside). Then one hand-worked case: an early pane, then a late event whose pane replaces it.
 """
 from __future__ import annotations
 
@@ -41,9 +41,6 @@ COMPONENT_TABLES = ("social_kpis", "social_kpis_sliding", "share_of_voice_counts
                     "aspect_mentions", "survey_kpis", "survey_kpis_sliding")
 FACT_TABLES = ("inbound_posts", "brand_replies", "web_events")
 PANE_NAMES = {c.name for c in PANE_COLUMNS}
-#: Views over customer_touchpoints and identity_map: identity stitching is off in the
-#: streaming run here (tests/test_identity.py covers it in streaming mode).
-IDENTITY_VIEWS = ("kpi_journey", "kpi_journey_transitions", "kpi_churn_risk")
 
 
 def streaming_pipeline() -> BeamTestPipeline:
@@ -56,7 +53,7 @@ def settings(topics: dict, url: str, now_ms: int, **overrides) -> StreamingSetti
                   warehouse_url=url, window_sizes=(3600, 86400), sliding=((7200, 3600),),
                   allowed_lateness_s=DAY_MS // 1000, lateness_slack_s=600,
                   early_firing_s=60, gate_step_s=1800, gate_idle_steps=4, generation=1,
-                  fixed_now_ms=now_ms, identity=False, health_interval_s=3600,
+                  fixed_now_ms=now_ms, identity_interval_s=3600, health_interval_s=3600,
                   session_gap_s=None,
                   brands=tuple(load_brands()))
     values.update(overrides)
@@ -162,7 +159,8 @@ def cons(both_modes):
 
 def test_component_and_fact_tables_are_identical(cons):
     micro, streamed = cons
-    for table in COMPONENT_TABLES + FACT_TABLES + ("event_counts", "brands"):
+    for table in COMPONENT_TABLES + FACT_TABLES + ("event_counts", "brands",
+                                                   "customer_touchpoints"):
         expected = normalized(micro, f"SELECT * FROM {table}")
         assert expected, table  # the generated data fills every table
         assert normalized(streamed, f"SELECT * FROM {table}") == expected, table
@@ -178,17 +176,16 @@ def test_every_kpi_view_is_identical(cons):
         "SELECT view_name FROM duckdb_views() WHERE view_name LIKE 'kpi_%' "
         "AND NOT internal ORDER BY view_name").fetchall()]
     assert {"kpi_social", "kpi_share_of_voice", "kpi_response", "kpi_web", "kpi_funnel",
-            "kpi_survey", "kpi_social_sliding", "kpi_survey_sliding",
-            "kpi_aspects"} <= set(views)
-    compared = 0
+            "kpi_survey", "kpi_social_sliding", "kpi_survey_sliding", "kpi_aspects",
+            "kpi_journey", "kpi_journey_transitions", "kpi_churn_risk"} <= set(views)
     for view in views:
-        if view in IDENTITY_VIEWS:
-            continue
         expected = normalized(micro, f"SELECT * FROM {view}")
         assert expected, view
         assert normalized(streamed, f"SELECT * FROM {view}") == expected, view
-        compared += 1
-    assert compared >= 9
+    # customer_360 too: identity stitching runs in both (the journey views depend on it).
+    expected = normalized(micro, "SELECT * FROM customer_360")
+    assert expected
+    assert normalized(streamed, "SELECT * FROM customer_360") == expected
 
 
 # -- hand-worked: an early pane, then a late event -----------------------------------------------
