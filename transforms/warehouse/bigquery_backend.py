@@ -115,6 +115,8 @@ BQ_TYPES = {"STRING": "STRING", "INT64": "INT64", "FLOAT64": "FLOAT64", "BOOL": 
 CLUSTERABLE = {"STRING", "INT64", "BOOL", "TIMESTAMP"}
 LEDGER = "_cx360_batches"
 STAGE_PREFIX = "_cx360_stage_"
+#: A view holding a hash of sql/bigquery_views.sql as last created (see ensure_views).
+VIEWS_STAMP = "_cx360_views_version"
 STAGE_ID, ROW_ID, STAGED_AT = "_cx360_stage_id", "_cx360_row_id", "_cx360_staged_at"
 # Staged rows of a batch are read back from partitions no older than this (the insertId
 # de-duplication window is about a minute; an older duplicate is simply staged again).
@@ -301,6 +303,18 @@ def _param(name: str | None, value) -> bigquery.ScalarQueryParameter | bigquery.
 
 def bq_quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def view_name(statement: str) -> str:
+    """The view a ``CREATE OR REPLACE VIEW `project.dataset.name` AS ...`` statement makes."""
+    match = re.match(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+`([^`]+)`", statement, re.IGNORECASE)
+    if match is None:
+        raise WarehouseError(f"not a CREATE OR REPLACE VIEW statement: {statement[:80]!r}")
+    return match.group(1).rsplit(".", 1)[-1]
+
+
+def views_stamp(statements: Sequence[str]) -> str:
+    return hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()[:32]
 
 
 def view_statements(dataset: str) -> list[str]:
@@ -787,10 +801,30 @@ END IF;"""
         return [tuple(r.values()) for r in rows]
 
     def ensure_views(self) -> None:
-        """(Re)create the KPI views (sql/bigquery_views.sql), one query job per view, in file
-        order (a view's dependencies come before it)."""
-        for statement in view_statements(self.dataset):
+        """Create the KPI views (sql/bigquery_views.sql), one query job per view in file order
+        (a view's dependencies come before it), unless the dataset has them already.
+
+        Each query job costs a round trip of a second or more, so the views are stamped: the
+        last statement creates the view ``_cx360_views_version`` holding a hash of all
+        statements. When that view holds the current hash and every view exists (one
+        ``tables.list`` and one query), nothing is re-created. A failure half-way leaves the
+        old stamp, so the next run creates them all again."""
+        statements = view_statements(self.dataset)
+        stamp = views_stamp(statements)
+        if self._views_current(statements, stamp):
+            return
+        for statement in statements:
             self._job(statement)
+        self._job(f"CREATE OR REPLACE VIEW {self._ref(VIEWS_STAMP)} AS SELECT '{stamp}' AS stamp")
+
+    def _views_current(self, statements: Sequence[str], stamp: str) -> bool:
+        wanted = {VIEWS_STAMP, *(view_name(s) for s in statements)}
+        have = {t.table_id for t in self._call(self.client.list_tables, self.dataset,
+                                               timeout=HTTP_TIMEOUT_S, what="list tables")}
+        if wanted - have:
+            return False
+        rows, _ = self._job(f"SELECT stamp FROM {self._ref(VIEWS_STAMP)}")
+        return bool(rows) and rows[0][0] == stamp
 
     def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
         rows, _ = self._job(sql, [_param(None, p) for p in params])
