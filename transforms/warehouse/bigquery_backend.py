@@ -115,6 +115,8 @@ BQ_TYPES = {"STRING": "STRING", "INT64": "INT64", "FLOAT64": "FLOAT64", "BOOL": 
 CLUSTERABLE = {"STRING", "INT64", "BOOL", "TIMESTAMP"}
 LEDGER = "_cx360_batches"
 STAGE_PREFIX = "_cx360_stage_"
+#: The label of a table with a hash of the schema it was created or last patched for.
+SCHEMA_LABEL = "cx360_schema"
 #: A view holding a hash of sql/bigquery_views.sql as last created (see ensure_views).
 VIEWS_STAMP = "_cx360_views_version"
 STAGE_ID, ROW_ID, STAGED_AT = "_cx360_stage_id", "_cx360_row_id", "_cx360_staged_at"
@@ -313,6 +315,15 @@ def view_name(statement: str) -> str:
     return match.group(1).rsplit(".", 1)[-1]
 
 
+def schema_stamp(fields: Sequence[bigquery.SchemaField],
+                 partition: bigquery.TimePartitioning | None,
+                 cluster_by: Sequence[str] | None) -> str:
+    """A label value (<= 63 of ``[a-z0-9_-]``) that changes with the columns a table needs."""
+    text = json.dumps([[f.name, f.field_type, f.mode] for f in fields]
+                      + [partition.field if partition else None, list(cluster_by or ())])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def views_stamp(statements: Sequence[str]) -> str:
     return hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()[:32]
 
@@ -464,16 +475,37 @@ class BigQueryWarehouse(Warehouse):
             dataset.location = self.config.location
         self.client.create_dataset(dataset, exists_ok=True, timeout=HTTP_TIMEOUT_S)
 
+    def _listed_tables(self) -> dict[str, dict]:
+        """table -> labels, for every table and view of the dataset (one ``tables.list``)."""
+        return {t.table_id: dict(t.labels or {}) for t in self._call(
+            self.client.list_tables, self.dataset, timeout=HTTP_TIMEOUT_S, what="list tables")}
+
     def _ensure_table(self, name: str, fields: list[bigquery.SchemaField], *,
                       partition: bigquery.TimePartitioning | None = None,
-                      cluster_by: list[str] | None = None) -> None:
-        try:
-            table = self._call(self.client.get_table, self.table_id(name),
-                               timeout=HTTP_TIMEOUT_S, what=f"get table {name}")
-        except gexc.NotFound:
+                      cluster_by: list[str] | None = None,
+                      listed: dict[str, dict] | None = None) -> None:
+        """Create table ``name`` or add the NULLABLE columns it lacks.
+
+        Tables are labelled with a hash of the schema they were created or last patched for
+        (:data:`SCHEMA_LABEL`). With ``listed`` (the dataset's tables and labels, from one
+        ``tables.list``) a table whose label matches costs no request at all and a missing one
+        is created without first asking for it: each request is a round trip, and a
+        micro-batch start checks about 70 tables (each with its staging table)."""
+        stamp = schema_stamp(fields, partition, cluster_by)
+        if listed is not None and listed.get(name, {}).get(SCHEMA_LABEL) == stamp:
+            return
+        table = None
+        if listed is None or name in listed:
+            try:
+                table = self._call(self.client.get_table, self.table_id(name),
+                                   timeout=HTTP_TIMEOUT_S, what=f"get table {name}")
+            except gexc.NotFound:
+                pass
+        if table is None:
             table = bigquery.Table(self.table_id(name), schema=fields)
             table.time_partitioning = partition
             table.clustering_fields = cluster_by or None
+            table.labels = {SCHEMA_LABEL: stamp}
             try:
                 self._call(self.client.create_table, table, timeout=HTTP_TIMEOUT_S,
                            what=f"create table {name}")
@@ -486,8 +518,10 @@ class BigQueryWarehouse(Warehouse):
         if missing:  # additive schema evolution: BigQuery adds NULLABLE columns only
             table.schema = list(table.schema) + [
                 bigquery.SchemaField(f.name, f.field_type, mode="NULLABLE") for f in missing]
-            self._call(self.client.update_table, table, ["schema"], timeout=HTTP_TIMEOUT_S,
-                       what=f"patch table {name}")
+        if missing or (table.labels or {}).get(SCHEMA_LABEL) != stamp:
+            table.labels = {**(table.labels or {}), SCHEMA_LABEL: stamp}
+            self._call(self.client.update_table, table, ["schema", "labels"],
+                       timeout=HTTP_TIMEOUT_S, what=f"patch table {name}")
             now = time.monotonic()
             for f in missing:
                 self._added[(name, f.name)] = now
@@ -501,6 +535,7 @@ class BigQueryWarehouse(Warehouse):
 
     # -- tables ----------------------------------------------------------------------------
     def ensure_tables(self, specs: Iterable[TableSpec]) -> None:
+        listed = self._listed_tables()
         for spec in specs:
             partition = None
             if spec.partition_by:
@@ -515,7 +550,8 @@ class BigQueryWarehouse(Warehouse):
                 raise WarehouseError(f"table {spec.name}: BigQuery clusters by at most 4 columns "
                                      f"of types {sorted(CLUSTERABLE)} (got {cluster})")
             fields = self._fields(spec)
-            self._ensure_table(spec.name, fields, partition=partition, cluster_by=cluster)
+            self._ensure_table(spec.name, fields, partition=partition, cluster_by=cluster,
+                               listed=listed)
             self._ensure_table(
                 STAGE_PREFIX + spec.name,
                 fields + [bigquery.SchemaField(STAGE_ID, "STRING", mode="REQUIRED"),
@@ -524,7 +560,7 @@ class BigQueryWarehouse(Warehouse):
                 partition=bigquery.TimePartitioning(
                     type_=bigquery.TimePartitioningType.HOUR, field=STAGED_AT,
                     expiration_ms=self.config.staging_expiration_hours * 3_600_000),
-                cluster_by=[STAGE_ID])
+                cluster_by=[STAGE_ID], listed=listed)
 
     # -- streaming inserts -----------------------------------------------------------------
     def insert_rows(self, table: str, json_rows: Sequence[dict], row_ids: Sequence[str]
