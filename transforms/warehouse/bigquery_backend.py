@@ -619,6 +619,51 @@ class BigQueryWarehouse(Warehouse):
             accepted[name] = len(items) - len(failures)
         return accepted, rejected
 
+
+    # -- merge statements (shared by write_batch and the streaming sink) ------------------
+    def _staged_source(self, spec: TableSpec) -> str:
+        """The rows of one stage (``@stage_id``) of ``spec``, one per ``_cx360_row_id``."""
+        cols = ", ".join(bq_quote(c) for c in spec.column_names)
+        return (f"(SELECT {cols} FROM {self._ref(STAGE_PREFIX + spec.name)} "
+                f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
+
+    @staticmethod
+    def _prune(spec: TableSpec, items: list[_Staged], params: list, i: int) -> str:
+        """``AND T.p BETWEEN @pmin_i AND @pmax_i`` when the partition column is in the key."""
+        if not (spec.partition_by and spec.partition_by in spec.key):
+            return ""
+        values = [s.row.get(spec.partition_by) for s in items]
+        if not values or not all(isinstance(v, int) for v in values):
+            return ""
+        params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(min(values))),
+                   bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(max(values)))]
+        return f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
+
+    @staticmethod
+    def _replace_sets(spec: TableSpec) -> str:
+        return ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
+                         for c in spec.column_names if c not in spec.key)
+
+    def _update_insert(self, spec: TableSpec, items: list[_Staged], params: list, i: int,
+                       sets: str, guard: str = "") -> list[str]:
+        """UPDATE the stored rows of the staged keys (``sets``, only where ``guard`` holds),
+        then INSERT the keys not stored yet: a MERGE's effect (keys unique on both sides)."""
+        col_list = ", ".join(bq_quote(c) for c in spec.column_names)
+        keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
+        prune = self._prune(spec, items, params, i)
+        target, source = self._ref(spec.name), self._staged_source(spec)
+        statements = []
+        if sets:
+            statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
+                              f"WHERE {keys}{prune}{f' AND ({guard})' if guard else ''};")
+        statements.append(
+            f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+        return statements
+
     # -- the batch write -------------------------------------------------------------------
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec], *,
@@ -664,36 +709,14 @@ class BigQueryWarehouse(Warehouse):
             if not items:
                 continue
             spec = specs[name]
-            cols = spec.column_names
-            col_list = ", ".join(bq_quote(c) for c in cols)
-            keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
-            prune = ""
-            if spec.partition_by and spec.partition_by in spec.key:
-                values = [s.row.get(spec.partition_by) for s in items]
-                if values and all(isinstance(v, int) for v in values):
-                    params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(min(values))),
-                               bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(max(values)))]
-                    prune = f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
-            target = self._ref(name)
-            source = (f"(SELECT {col_list} FROM {self._ref(STAGE_PREFIX + name)} "
-                      f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
-                      f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
             if spec.merge == "add":
                 sets = ", ".join(f"{bq_quote(c)} = T.{bq_quote(c)} + S.{bq_quote(c)}"
                                  for c in spec.additive)
             elif spec.merge == "replace":
-                sets = ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
-                                 for c in cols if c not in spec.key)
+                sets = self._replace_sets(spec)
             else:
                 sets = ""
-            if sets:
-                statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
-                                  f"WHERE {keys}{prune};")
-            statements.append(
-                f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+            statements += self._update_insert(spec, items, params, i, sets)
         body = "\n  ".join(statements)
         # The ledger row is read inside the transaction: 'missing' (never recorded), 'skipped'
         # (applied already: nothing changes), or 'applied' by this transaction.
