@@ -227,8 +227,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _concurrent_update(exc: BaseException) -> bool:
+    """A transaction lost a conflict with a concurrent one: BigQuery's "Transaction is aborted
+    due to concurrent update" / "Could not serialize access"; the local-bigquery emulator (on
+    DuckLake) says "Failed to commit DuckLake transaction" (HTTP 400). Retried."""
     text = str(exc).lower()
-    return "concurrent update" in text or "could not serialize access" in text
+    return ("concurrent update" in text or "could not serialize access" in text
+            or "failed to commit ducklake transaction" in text)
 
 
 # -- values -----------------------------------------------------------------------------------
