@@ -301,3 +301,26 @@ def test_the_streaming_job_writes_the_same_tables_on_every_backend(request, duck
             expected = _table(ref, table)
             assert expected or table.startswith("identity_"), table  # no identity links here
             assert _table(wh, table) == expected, table
+
+
+# -- `cx360 stream` with a shared warehouse ------------------------------------------------------
+
+@pytest.mark.parametrize("warehouse", [
+    "postgresql://cx360:s3cret-pw@db.example.internal:5432/cx?schema=cx360",
+    "bigquery://cx360-demo/cx360?location=EU"])
+def test_stream_command_passes_shared_warehouses_through_without_printing_a_password(
+        kafka, topics, capsys, warehouse):
+    import test_streaming as ts
+    from cx360.pipelines.stream_cmd import build_settings, run
+
+    argv = ["--bootstrap-servers", kafka.bootstrap_servers, "--social-topic", topics["social"],
+            "--web-topic", topics["web"], "--survey-topic", topics["survey"],
+            "--runner", "DataflowRunner", "--warehouse", warehouse]
+    # The URL reaches the sink unchanged (the writers connect in DoFn.setup, on the workers).
+    assert build_settings(ts._stream_args(*argv)).warehouse_url == warehouse
+    ts._require_gcp_extra()
+    assert run(ts._stream_args(*argv, "--", *ts.DRY_RUN_FLAGS[:-1])) == 0
+    out = capsys.readouterr()
+    assert "dry run: DataflowRunner job built" in out.out
+    assert "s3cret" not in out.out + out.err
+    assert "is a file on one machine" not in out.err  # the DuckDB warning only for DuckDB

@@ -75,6 +75,13 @@ transaction has exactly a MERGE's effect here (keys are unique on both sides), i
 BigQuery, and is what the contract suite tests. A MERGE statement outside a transaction works on
 the emulator, but would lose the atomicity with the ledger and with the other tables.
 
+The streaming sink (``upsert_panes`` / ``upsert_sessions`` / ``upsert_replace``, called by
+transforms/warehouse/panes.py for ``cx360 stream``) stages the same way and applies in one
+transaction without a ledger row: guarded UPDATE + INSERT (panes, replace) or DELETE + INSERT
+(sessions). Its first statement updates the table's row in ``_cx360_sink_locks``, so two sink
+transactions on one table always conflict (BigQuery does not abort transactions that only
+append) and the loser is retried; see docs/streaming.md.
+
 When ``partition_by`` is part of the key, the final-table side of the merge is restricted to
 the batch's partition range (``T.p BETWEEN min AND max``) so BigQuery prunes partitions.
 

@@ -20,10 +20,13 @@ never overwrite newer ones:
   events): the state after any order of writes is the newest pane of every session.
 * dead letters: plain replace by ``dead_letter_id`` (at-least-once, stable id).
 
-Backends: DuckDB is implemented here (tests, local); a backend object may instead implement
+Backends: DuckDB is implemented here (tests, local); PostgreSQL and BigQuery implement
 ``upsert_panes(spec, rows)`` / ``upsert_sessions(spec, rows)`` / ``upsert_replace(spec, rows)``
-itself. On Dataflow the BigQuery backend does the same with MERGE statements (see
-docs/streaming.md).
+themselves (postgres_backend.py: ``ON CONFLICT ... DO UPDATE ... WHERE`` and advisory locks per
+visitor; bigquery_backend.py: staged rows, UPDATE + INSERT / DELETE + INSERT in one transaction
+serialised per table by a lock row), with the same semantics: see docs/streaming.md. Any
+backend object with those methods plugs in; they receive rows already reduced to the newest per
+key (panes), per session (sessions) or the last per key (replace).
 """
 from __future__ import annotations
 

@@ -26,6 +26,12 @@ modes as DuckDB (add: ``c = stored.c + new.c`` for additive columns; replace: ev
 from the new row; ignore: keep the stored row); set the batch 'applied'; COMMIT. Any error rolls
 everything back: the batch stays 'pending'.
 
+The streaming sink (``upsert_panes`` / ``upsert_sessions`` / ``upsert_replace``, for ``cx360
+stream``): the same COPY, then ``ON CONFLICT (key) DO UPDATE ... WHERE <pane guard>`` (evaluated
+on the locked row, so concurrent writers cannot let an older pane win) or, for sessions, an
+advisory lock per visitor before the DELETE + INSERT; deadlocks are retried. See
+docs/streaming.md.
+
 ``query(sql, params)`` takes PostgreSQL SQL with psycopg placeholders (``%s``).
 """
 from __future__ import annotations
