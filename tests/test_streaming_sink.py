@@ -193,7 +193,7 @@ def test_concurrent_writers_keep_the_newest_pane(sink):
     guard on the locked row; BigQuery: the sink lock row makes concurrent transactions
     conflict, the loser is retried; DuckDB: one writer per file, here one shared object)."""
     name, url, wh = sink
-    writers, panes = (2, 3) if name == "bigquery" else (4, 12)
+    writers, panes = (2, 2) if name == "bigquery" else (4, 12)
     brands = ["A", "B"]
 
     def write(seed):
@@ -284,7 +284,11 @@ def test_the_streaming_job_writes_the_hand_worked_rows_into_duckdb(duckdb_stream
 
 
 @pytest.mark.services
-@pytest.mark.parametrize("other", ["postgres", "bigquery"])
+@pytest.mark.parametrize("other", [
+    "postgres",
+    # ~150 s on a busy 2-core machine: each of the job's bundles is a streaming insert plus a
+    # query job, 1-3 s each on the emulator. Deselected by -m 'not slow'.
+    pytest.param("bigquery", marks=pytest.mark.slow)])
 def test_the_streaming_job_writes_the_same_tables_on_every_backend(request, duckdb_streamed,
                                                                   other):
     from test_streaming import T as t
