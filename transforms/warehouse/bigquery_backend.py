@@ -75,6 +75,13 @@ transaction has exactly a MERGE's effect here (keys are unique on both sides), i
 BigQuery, and is what the contract suite tests. A MERGE statement outside a transaction works on
 the emulator, but would lose the atomicity with the ledger and with the other tables.
 
+The streaming sink (``upsert_panes`` / ``upsert_sessions`` / ``upsert_replace``, called by
+transforms/warehouse/panes.py for ``cx360 stream``) stages the same way and applies in one
+transaction without a ledger row: guarded UPDATE + INSERT (panes, replace) or DELETE + INSERT
+(sessions). Its first statement updates the table's row in ``_cx360_sink_locks``, so two sink
+transactions on one table always conflict (BigQuery does not abort transactions that only
+append) and the loser is retried; see docs/streaming.md.
+
 When ``partition_by`` is part of the key, the final-table side of the merge is restricted to
 the batch's partition range (``T.p BETWEEN min AND max``) so BigQuery prunes partitions.
 
@@ -114,6 +121,7 @@ BQ_TYPES = {"STRING": "STRING", "INT64": "INT64", "FLOAT64": "FLOAT64", "BOOL": 
             "TIMESTAMP": "TIMESTAMP", "BYTES": "BYTES"}
 CLUSTERABLE = {"STRING", "INT64", "BOOL", "TIMESTAMP"}
 LEDGER = "_cx360_batches"
+SINK_LOCKS = "_cx360_sink_locks"  # one row per table the streaming sink writes
 STAGE_PREFIX = "_cx360_stage_"
 #: The label of a table with a hash of the schema it was created or last patched for.
 SCHEMA_LABEL = "cx360_schema"
@@ -230,8 +238,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _concurrent_update(exc: BaseException) -> bool:
+    """A transaction lost a conflict with a concurrent one: BigQuery's "Transaction is aborted
+    due to concurrent update" / "Could not serialize access"; the local-bigquery emulator (on
+    DuckLake) says "Failed to commit DuckLake transaction" (HTTP 400). Retried."""
     text = str(exc).lower()
-    return "concurrent update" in text or "could not serialize access" in text
+    return ("concurrent update" in text or "could not serialize access" in text
+            or "failed to commit ducklake transaction" in text)
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -425,6 +437,7 @@ class BigQueryWarehouse(Warehouse):
         self.dataset = f"{self.config.project}.{self.config.dataset}"
         self._created: dict[str, float] = {}      # table -> when this process created it
         self._added: dict[tuple[str, str], float] = {}  # (table, column) -> when added
+        self._locked: set[str] = set()  # tables whose sink lock row this process ensured
         if not read_only:
             self._call(self._ensure_dataset)
             self._ensure_table(LEDGER, [
@@ -669,6 +682,51 @@ class BigQueryWarehouse(Warehouse):
             accepted[name] = len(items) - len(failures)
         return accepted, rejected
 
+
+    # -- merge statements (shared by write_batch and the streaming sink) ------------------
+    def _staged_source(self, spec: TableSpec, extra: Sequence[str] = ()) -> str:
+        """The rows of one stage (``@stage_id``) of ``spec``, one per ``_cx360_row_id``."""
+        cols = ", ".join(bq_quote(c) for c in [*spec.column_names, *extra])
+        return (f"(SELECT {cols} FROM {self._ref(STAGE_PREFIX + spec.name)} "
+                f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
+
+    @staticmethod
+    def _prune(spec: TableSpec, items: list[_Staged], params: list, i: int) -> str:
+        """``AND T.p BETWEEN @pmin_i AND @pmax_i`` when the partition column is in the key."""
+        if not (spec.partition_by and spec.partition_by in spec.key):
+            return ""
+        values = [s.row.get(spec.partition_by) for s in items]
+        if not values or not all(isinstance(v, int) for v in values):
+            return ""
+        params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(min(values))),
+                   bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(max(values)))]
+        return f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
+
+    @staticmethod
+    def _replace_sets(spec: TableSpec) -> str:
+        return ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
+                         for c in spec.column_names if c not in spec.key)
+
+    def _update_insert(self, spec: TableSpec, items: list[_Staged], params: list, i: int,
+                       sets: str, guard: str = "") -> list[str]:
+        """UPDATE the stored rows of the staged keys (``sets``, only where ``guard`` holds),
+        then INSERT the keys not stored yet: a MERGE's effect (keys unique on both sides)."""
+        col_list = ", ".join(bq_quote(c) for c in spec.column_names)
+        keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
+        prune = self._prune(spec, items, params, i)
+        target, source = self._ref(spec.name), self._staged_source(spec)
+        statements = []
+        if sets:
+            statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
+                              f"WHERE {keys}{prune}{f' AND ({guard})' if guard else ''};")
+        statements.append(
+            f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+        return statements
+
     # -- the batch write -------------------------------------------------------------------
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec], *,
@@ -714,36 +772,14 @@ class BigQueryWarehouse(Warehouse):
             if not items:
                 continue
             spec = specs[name]
-            cols = spec.column_names
-            col_list = ", ".join(bq_quote(c) for c in cols)
-            keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
-            prune = ""
-            if spec.partition_by and spec.partition_by in spec.key:
-                values = [s.row.get(spec.partition_by) for s in items]
-                if values and all(isinstance(v, int) for v in values):
-                    params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(min(values))),
-                               bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(max(values)))]
-                    prune = f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
-            target = self._ref(name)
-            source = (f"(SELECT {col_list} FROM {self._ref(STAGE_PREFIX + name)} "
-                      f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
-                      f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
             if spec.merge == "add":
                 sets = ", ".join(f"{bq_quote(c)} = T.{bq_quote(c)} + S.{bq_quote(c)}"
                                  for c in spec.additive)
             elif spec.merge == "replace":
-                sets = ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
-                                 for c in cols if c not in spec.key)
+                sets = self._replace_sets(spec)
             else:
                 sets = ""
-            if sets:
-                statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
-                                  f"WHERE {keys}{prune};")
-            statements.append(
-                f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+            statements += self._update_insert(spec, items, params, i, sets)
         body = "\n  ".join(statements)
         # The ledger row is read inside the transaction: 'missing' (never recorded), 'skipped'
         # (applied already: nothing changes), or 'applied' by this transaction.
@@ -774,6 +810,97 @@ END IF;"""
         if outcome == "skipped" and failed_once:
             return "applied"
         return outcome
+
+    # -- the streaming sink (transforms/warehouse/panes.py) --------------------------------
+    def upsert_panes(self, spec: TableSpec, rows: list[dict]) -> int:
+        """Replace a stored row iff the new ``(generation, pane_index)`` is at least its own
+        (a NULL stored generation/pane_index counts as -1); insert new keys."""
+        guard = ("S.generation > IFNULL(T.generation, -1) OR (S.generation = T.generation "
+                 "AND S.pane_index >= IFNULL(T.pane_index, -1))")
+        return self._sink(spec, rows, "panes", lambda items, params: self._update_insert(
+            spec, items, params, 0, self._replace_sets(spec), guard))
+
+    def upsert_replace(self, spec: TableSpec, rows: list[dict]) -> int:
+        """Plain upsert by key: every non-key column from the new row (whatever ``spec.merge``
+        says: the streaming sink replaces)."""
+        return self._sink(spec, rows, "replace", lambda items, params: self._update_insert(
+            spec, items, params, 0, self._replace_sets(spec)))
+
+    def upsert_sessions(self, spec: TableSpec, rows: list[dict]) -> int:
+        """A session row replaces every stored row of the same visitor it overlaps, unless a
+        stored row supersedes it (panes.supersedes). The rows that survive are chosen first
+        (into a script variable), so the DELETE cannot change which ones are inserted."""
+        table, source = self._ref(spec.name), self._staged_source(spec, (ROW_ID,))
+        cols = ", ".join(bq_quote(c) for c in spec.column_names)
+        overlaps = ("T.brand = S.brand AND T.cookie_id = S.cookie_id "
+                    "AND T.session_start < S.session_end AND T.session_end > S.session_start")
+        stored_wins = ("(T.generation > S.generation OR (T.generation = S.generation "
+                       "AND T.session_start <= S.session_start AND T.session_end >= S.session_end "
+                       "AND T.events >= S.events))")
+
+        def statements(items, params):
+            return [
+                f"SET _cx360_new = (SELECT IFNULL(ARRAY_AGG(S.{ROW_ID}), []) FROM {source} AS S "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS T WHERE {overlaps} "
+                f"AND {stored_wins}));",
+                f"DELETE FROM {table} AS T WHERE EXISTS (SELECT 1 FROM {source} AS S "
+                f"WHERE S.{ROW_ID} IN UNNEST(_cx360_new) AND {overlaps});",
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} AS S "
+                f"WHERE S.{ROW_ID} IN UNNEST(_cx360_new);"]
+
+        return self._sink(spec, rows, "sessions", statements,
+                          declare="DECLARE _cx360_new ARRAY<STRING> DEFAULT [];",
+                          written="ARRAY_LENGTH(_cx360_new)")
+
+    def _sink_lock(self, table: str) -> None:
+        """The lock row of ``table`` in ``_cx360_sink_locks`` (once per process and table)."""
+        if table in self._locked:
+            return
+        self._ensure_table(SINK_LOCKS, [
+            bigquery.SchemaField("table_name", "STRING", mode="REQUIRED"),
+            bigquery.SchemaField("writes", "INT64"),
+            bigquery.SchemaField("updated_at", "TIMESTAMP")])
+        self._job(f"INSERT INTO {self._ref(SINK_LOCKS)} (table_name, writes, updated_at) "
+                  "SELECT @t, 0, CURRENT_TIMESTAMP() FROM UNNEST([1]) WHERE NOT EXISTS "
+                  f"(SELECT 1 FROM {self._ref(SINK_LOCKS)} WHERE table_name = @t)",
+                  [bigquery.ScalarQueryParameter("t", "STRING", table)])
+        self._locked.add(table)
+
+    def _sink(self, spec: TableSpec, rows: list[dict], mode: str,
+              statements: Callable[[list[_Staged], list], list[str]], *,
+              declare: str = "", written: str = "") -> int:
+        """Stage ``rows`` (streaming inserts, as for write_batch), then one multi-statement
+        transaction: take the table's sink lock (an UPDATE of its row in _cx360_sink_locks:
+        two writers of one table always conflict, so BigQuery aborts one and it is retried
+        against the other's result), run ``statements``, COMMIT. Rows BigQuery rejects raise
+        RejectedRowsError (nothing is written)."""
+        if self.read_only:
+            raise WarehouseError("read-only warehouse")
+        started = dt.datetime.now(dt.timezone.utc)
+        stage_id, plan = self._plan(f"stream:{mode}", {spec.name: rows}, {spec.name: spec})
+        _, rejected = self._stage(stage_id, plan, started.isoformat())
+        if rejected:
+            raise RejectedRowsError(f"stream:{spec.name}", rejected)
+        self._sink_lock(spec.name)
+        items = plan[spec.name]
+        params = [bigquery.ScalarQueryParameter("stage_id", "STRING", stage_id),
+                  bigquery.ScalarQueryParameter("since", "TIMESTAMP", started - STAGE_LOOKBACK),
+                  bigquery.ScalarQueryParameter("lock", "STRING", spec.name)]
+        body = "\n  ".join(statements(items, params))
+        locks = self._ref(SINK_LOCKS)
+        script = f"""{declare}
+BEGIN TRANSACTION;
+  UPDATE {locks} SET writes = writes + 1, updated_at = CURRENT_TIMESTAMP()
+  WHERE table_name = @lock;
+  IF @@row_count = 0 THEN
+    INSERT INTO {locks} (table_name, writes, updated_at) VALUES (@lock, 1, CURRENT_TIMESTAMP());
+  END IF;
+  {body}
+COMMIT TRANSACTION;
+SELECT {written or len(items)} AS written;"""
+        result, _ = self._job(script, params,
+                              retry_on=lambda exc: is_transient(exc) or _concurrent_update(exc))
+        return int(result[0][0]) if result else 0
 
     def seen_event_ids(self, event_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
         ids = list(dict.fromkeys(event_ids))
