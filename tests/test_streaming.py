@@ -274,11 +274,10 @@ def test_session_windows_fire_early_on_time_and_merge_late():
 #
 # What the warehouse must hold at the end: every row at its newest pane.
 
-def test_replace_upsert_sink_keeps_exactly_the_last_pane(tmp_path):
-    path = tmp_path / "stream.duckdb"
-    log = Log()
+def sink_stream(log: Log) -> EventStream:
+    """The timeline above (also run into PostgreSQL and BigQuery: tests/test_streaming_sink.py)."""
     p1 = post("p1", T(10, 1))
-    stream = (EventStream()
+    return (EventStream()
               .advance_watermark_to(W(10))
               .add_elements([log.batch(T(10, 12), page_view("w1", T(10, 0), "c1"),
                                        page_view("w2", T(10, 10), "c1"),
@@ -298,9 +297,13 @@ def test_replace_upsert_sink_keeps_exactly_the_last_pane(tmp_path):
               .advance_watermark_to(W(11, 45))
               .add_elements([log.batch(T(11, 25), post("p6", T(10, 59)))])
               .advance_watermark_to_infinity())
+
+
+def test_replace_upsert_sink_keeps_exactly_the_last_pane(tmp_path):
+    path = tmp_path / "stream.duckdb"
     with streaming_pipeline() as p:
         build_streaming_pipeline(p, settings(warehouse_url=f"duckdb:{path}"),
-                                 batches=p | stream)
+                                 batches=p | sink_stream(Log()))
 
     con = duckdb.connect(str(path))
     try:

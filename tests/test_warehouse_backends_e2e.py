@@ -158,6 +158,35 @@ def test_every_view_gives_the_same_answer_as_duckdb(runs, other, view):
                 ] == [], view
 
 
+def test_bigquery_creates_its_views_once_and_again_when_one_is_missing(runs):
+    """Each view is a query job of a second or more: a dataset whose views are current gets
+    none re-created; a dropped view makes the next start re-create them."""
+    from cx360.transforms.warehouse.bigquery_backend import (VIEWS_STAMP, view_name,
+                                                             view_statements, views_stamp)
+
+    with open_warehouse(runs["bigquery"][0]) as wh:
+        jobs = []
+        real_job = wh._job
+
+        def recording_job(sql, *args, **kwargs):
+            jobs.append(sql.split(" AS ")[0])
+            return real_job(sql, *args, **kwargs)
+
+        wh._job = recording_job
+        wh.ensure_views()  # the run created them: one look at the stamp, nothing created
+        assert jobs == [f"SELECT stamp FROM {wh._ref(VIEWS_STAMP)}"]
+        statements = view_statements(wh.dataset)
+        [statement] = [s for s in statements if view_name(s) == "kpi_churn_risk"]
+        assert wh._views_current(statements, views_stamp(statements))
+        real_job(f"DROP VIEW {wh._ref('kpi_churn_risk')}")
+        assert not wh._views_current(statements, views_stamp(statements))
+        real_job(statement)  # back as it was, without paying for all of them
+        jobs.clear()
+        wh.ensure_views()
+        assert len(jobs) == 1
+        assert wh.query("SELECT count(*) FROM kpi_churn_risk")[0][0] > 0
+
+
 @pytest.mark.parametrize("other", ["postgres", "bigquery"])
 def test_the_report_shows_the_same_numbers_from_every_backend(runs, other):
     from cx360.pipelines.report_cmd import load, render

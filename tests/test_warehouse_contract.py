@@ -265,6 +265,43 @@ def test_bigquery_tables_are_partitioned_by_day_and_clustered(bq):
 
 
 @pytest.mark.services
+def test_bigquery_checks_known_tables_with_one_listing_and_patches_changed_ones(
+        bq, monkeypatch):
+    """Tables carry a label with a hash of their schema: a start whose tables are current
+    sends one tables.list and nothing else; a spec with a new column gets that table and its
+    staging table patched (and relabelled), the others are left alone."""
+    from cx360.transforms.warehouse.bigquery_backend import SCHEMA_LABEL
+
+    calls = []
+    real_call = bq._call
+
+    def recording_call(fn, *args, what="", **kwargs):
+        calls.append(what)
+        return real_call(fn, *args, what=what, **kwargs)
+
+    monkeypatch.setattr(bq, "_call", recording_call)
+    spec = dataclasses.replace(ALL_TYPES, name="labelled_types")
+    stage = STAGE_PREFIX + spec.name
+    bq.ensure_tables([spec])
+    assert calls == ["list tables", f"create table {spec.name}", f"create table {stage}"]
+    calls.clear()
+    bq.ensure_tables([EVENT_COUNTS, spec])   # event_counts: made by the fixture
+    assert calls == ["list tables"]
+    wider = dataclasses.replace(spec, columns=spec.columns + (
+        C("note", "STRING", "new in a later release"),))
+    calls.clear()
+    bq.ensure_tables([EVENT_COUNTS, wider])
+    assert calls == ["list tables", f"get table {spec.name}", f"patch table {spec.name}",
+                     f"get table {stage}", f"patch table {stage}"]
+    table = bq.client.get_table(bq.table_id(spec.name))
+    assert [f.name for f in table.schema][-1] == "note"
+    assert len(table.labels[SCHEMA_LABEL]) == 32
+    calls.clear()
+    bq.ensure_tables([EVENT_COUNTS, wider])
+    assert calls == ["list tables"]
+
+
+@pytest.mark.services
 def test_bigquery_keeps_one_row_per_insert_id(bq):
     table = STAGE_PREFIX + ALL_TYPES.name
 

@@ -75,6 +75,13 @@ transaction has exactly a MERGE's effect here (keys are unique on both sides), i
 BigQuery, and is what the contract suite tests. A MERGE statement outside a transaction works on
 the emulator, but would lose the atomicity with the ledger and with the other tables.
 
+The streaming sink (``upsert_panes`` / ``upsert_sessions`` / ``upsert_replace``, called by
+transforms/warehouse/panes.py for ``cx360 stream``) stages the same way and applies in one
+transaction without a ledger row: guarded UPDATE + INSERT (panes, replace) or DELETE + INSERT
+(sessions). Its first statement updates the table's row in ``_cx360_sink_locks``, so two sink
+transactions on one table always conflict (BigQuery does not abort transactions that only
+append) and the loser is retried; see docs/streaming.md.
+
 When ``partition_by`` is part of the key, the final-table side of the merge is restricted to
 the batch's partition range (``T.p BETWEEN min AND max``) so BigQuery prunes partitions.
 
@@ -114,7 +121,12 @@ BQ_TYPES = {"STRING": "STRING", "INT64": "INT64", "FLOAT64": "FLOAT64", "BOOL": 
             "TIMESTAMP": "TIMESTAMP", "BYTES": "BYTES"}
 CLUSTERABLE = {"STRING", "INT64", "BOOL", "TIMESTAMP"}
 LEDGER = "_cx360_batches"
+SINK_LOCKS = "_cx360_sink_locks"  # one row per table the streaming sink writes
 STAGE_PREFIX = "_cx360_stage_"
+#: The label of a table with a hash of the schema it was created or last patched for.
+SCHEMA_LABEL = "cx360_schema"
+#: A view holding a hash of sql/bigquery_views.sql as last created (see ensure_views).
+VIEWS_STAMP = "_cx360_views_version"
 STAGE_ID, ROW_ID, STAGED_AT = "_cx360_stage_id", "_cx360_row_id", "_cx360_staged_at"
 # Staged rows of a batch are read back from partitions no older than this (the insertId
 # de-duplication window is about a minute; an older duplicate is simply staged again).
@@ -226,8 +238,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _concurrent_update(exc: BaseException) -> bool:
+    """A transaction lost a conflict with a concurrent one: BigQuery's "Transaction is aborted
+    due to concurrent update" / "Could not serialize access"; the local-bigquery emulator (on
+    DuckLake) says "Failed to commit DuckLake transaction" (HTTP 400). Retried."""
     text = str(exc).lower()
-    return "concurrent update" in text or "could not serialize access" in text
+    return ("concurrent update" in text or "could not serialize access" in text
+            or "failed to commit ducklake transaction" in text)
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -301,6 +317,27 @@ def _param(name: str | None, value) -> bigquery.ScalarQueryParameter | bigquery.
 
 def bq_quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def view_name(statement: str) -> str:
+    """The view a ``CREATE OR REPLACE VIEW `project.dataset.name` AS ...`` statement makes."""
+    match = re.match(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+`([^`]+)`", statement, re.IGNORECASE)
+    if match is None:
+        raise WarehouseError(f"not a CREATE OR REPLACE VIEW statement: {statement[:80]!r}")
+    return match.group(1).rsplit(".", 1)[-1]
+
+
+def schema_stamp(fields: Sequence[bigquery.SchemaField],
+                 partition: bigquery.TimePartitioning | None,
+                 cluster_by: Sequence[str] | None) -> str:
+    """A label value (<= 63 of ``[a-z0-9_-]``) that changes with the columns a table needs."""
+    text = json.dumps([[f.name, f.field_type, f.mode] for f in fields]
+                      + [partition.field if partition else None, list(cluster_by or ())])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def views_stamp(statements: Sequence[str]) -> str:
+    return hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()[:32]
 
 
 def view_statements(dataset: str) -> list[str]:
@@ -400,6 +437,7 @@ class BigQueryWarehouse(Warehouse):
         self.dataset = f"{self.config.project}.{self.config.dataset}"
         self._created: dict[str, float] = {}      # table -> when this process created it
         self._added: dict[tuple[str, str], float] = {}  # (table, column) -> when added
+        self._locked: set[str] = set()  # tables whose sink lock row this process ensured
         if not read_only:
             self._call(self._ensure_dataset)
             self._ensure_table(LEDGER, [
@@ -450,16 +488,37 @@ class BigQueryWarehouse(Warehouse):
             dataset.location = self.config.location
         self.client.create_dataset(dataset, exists_ok=True, timeout=HTTP_TIMEOUT_S)
 
+    def _listed_tables(self) -> dict[str, dict]:
+        """table -> labels, for every table and view of the dataset (one ``tables.list``)."""
+        return {t.table_id: dict(t.labels or {}) for t in self._call(
+            self.client.list_tables, self.dataset, timeout=HTTP_TIMEOUT_S, what="list tables")}
+
     def _ensure_table(self, name: str, fields: list[bigquery.SchemaField], *,
                       partition: bigquery.TimePartitioning | None = None,
-                      cluster_by: list[str] | None = None) -> None:
-        try:
-            table = self._call(self.client.get_table, self.table_id(name),
-                               timeout=HTTP_TIMEOUT_S, what=f"get table {name}")
-        except gexc.NotFound:
+                      cluster_by: list[str] | None = None,
+                      listed: dict[str, dict] | None = None) -> None:
+        """Create table ``name`` or add the NULLABLE columns it lacks.
+
+        Tables are labelled with a hash of the schema they were created or last patched for
+        (:data:`SCHEMA_LABEL`). With ``listed`` (the dataset's tables and labels, from one
+        ``tables.list``) a table whose label matches costs no request at all and a missing one
+        is created without first asking for it: each request is a round trip, and a
+        micro-batch start checks about 70 tables (each with its staging table)."""
+        stamp = schema_stamp(fields, partition, cluster_by)
+        if listed is not None and listed.get(name, {}).get(SCHEMA_LABEL) == stamp:
+            return
+        table = None
+        if listed is None or name in listed:
+            try:
+                table = self._call(self.client.get_table, self.table_id(name),
+                                   timeout=HTTP_TIMEOUT_S, what=f"get table {name}")
+            except gexc.NotFound:
+                pass
+        if table is None:
             table = bigquery.Table(self.table_id(name), schema=fields)
             table.time_partitioning = partition
             table.clustering_fields = cluster_by or None
+            table.labels = {SCHEMA_LABEL: stamp}
             try:
                 self._call(self.client.create_table, table, timeout=HTTP_TIMEOUT_S,
                            what=f"create table {name}")
@@ -472,8 +531,10 @@ class BigQueryWarehouse(Warehouse):
         if missing:  # additive schema evolution: BigQuery adds NULLABLE columns only
             table.schema = list(table.schema) + [
                 bigquery.SchemaField(f.name, f.field_type, mode="NULLABLE") for f in missing]
-            self._call(self.client.update_table, table, ["schema"], timeout=HTTP_TIMEOUT_S,
-                       what=f"patch table {name}")
+        if missing or (table.labels or {}).get(SCHEMA_LABEL) != stamp:
+            table.labels = {**(table.labels or {}), SCHEMA_LABEL: stamp}
+            self._call(self.client.update_table, table, ["schema", "labels"],
+                       timeout=HTTP_TIMEOUT_S, what=f"patch table {name}")
             now = time.monotonic()
             for f in missing:
                 self._added[(name, f.name)] = now
@@ -487,6 +548,7 @@ class BigQueryWarehouse(Warehouse):
 
     # -- tables ----------------------------------------------------------------------------
     def ensure_tables(self, specs: Iterable[TableSpec]) -> None:
+        listed = self._listed_tables()
         for spec in specs:
             partition = None
             if spec.partition_by:
@@ -501,7 +563,8 @@ class BigQueryWarehouse(Warehouse):
                 raise WarehouseError(f"table {spec.name}: BigQuery clusters by at most 4 columns "
                                      f"of types {sorted(CLUSTERABLE)} (got {cluster})")
             fields = self._fields(spec)
-            self._ensure_table(spec.name, fields, partition=partition, cluster_by=cluster)
+            self._ensure_table(spec.name, fields, partition=partition, cluster_by=cluster,
+                               listed=listed)
             self._ensure_table(
                 STAGE_PREFIX + spec.name,
                 fields + [bigquery.SchemaField(STAGE_ID, "STRING", mode="REQUIRED"),
@@ -510,7 +573,7 @@ class BigQueryWarehouse(Warehouse):
                 partition=bigquery.TimePartitioning(
                     type_=bigquery.TimePartitioningType.HOUR, field=STAGED_AT,
                     expiration_ms=self.config.staging_expiration_hours * 3_600_000),
-                cluster_by=[STAGE_ID])
+                cluster_by=[STAGE_ID], listed=listed)
 
     # -- streaming inserts -----------------------------------------------------------------
     def insert_rows(self, table: str, json_rows: Sequence[dict], row_ids: Sequence[str]
@@ -619,6 +682,51 @@ class BigQueryWarehouse(Warehouse):
             accepted[name] = len(items) - len(failures)
         return accepted, rejected
 
+
+    # -- merge statements (shared by write_batch and the streaming sink) ------------------
+    def _staged_source(self, spec: TableSpec, extra: Sequence[str] = ()) -> str:
+        """The rows of one stage (``@stage_id``) of ``spec``, one per ``_cx360_row_id``."""
+        cols = ", ".join(bq_quote(c) for c in [*spec.column_names, *extra])
+        return (f"(SELECT {cols} FROM {self._ref(STAGE_PREFIX + spec.name)} "
+                f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
+
+    @staticmethod
+    def _prune(spec: TableSpec, items: list[_Staged], params: list, i: int) -> str:
+        """``AND T.p BETWEEN @pmin_i AND @pmax_i`` when the partition column is in the key."""
+        if not (spec.partition_by and spec.partition_by in spec.key):
+            return ""
+        values = [s.row.get(spec.partition_by) for s in items]
+        if not values or not all(isinstance(v, int) for v in values):
+            return ""
+        params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(min(values))),
+                   bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
+                                                 _ms_to_datetime(max(values)))]
+        return f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
+
+    @staticmethod
+    def _replace_sets(spec: TableSpec) -> str:
+        return ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
+                         for c in spec.column_names if c not in spec.key)
+
+    def _update_insert(self, spec: TableSpec, items: list[_Staged], params: list, i: int,
+                       sets: str, guard: str = "") -> list[str]:
+        """UPDATE the stored rows of the staged keys (``sets``, only where ``guard`` holds),
+        then INSERT the keys not stored yet: a MERGE's effect (keys unique on both sides)."""
+        col_list = ", ".join(bq_quote(c) for c in spec.column_names)
+        keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
+        prune = self._prune(spec, items, params, i)
+        target, source = self._ref(spec.name), self._staged_source(spec)
+        statements = []
+        if sets:
+            statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
+                              f"WHERE {keys}{prune}{f' AND ({guard})' if guard else ''};")
+        statements.append(
+            f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+        return statements
+
     # -- the batch write -------------------------------------------------------------------
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec], *,
@@ -664,36 +772,14 @@ class BigQueryWarehouse(Warehouse):
             if not items:
                 continue
             spec = specs[name]
-            cols = spec.column_names
-            col_list = ", ".join(bq_quote(c) for c in cols)
-            keys = " AND ".join(f"T.{bq_quote(k)} = S.{bq_quote(k)}" for k in spec.key)
-            prune = ""
-            if spec.partition_by and spec.partition_by in spec.key:
-                values = [s.row.get(spec.partition_by) for s in items]
-                if values and all(isinstance(v, int) for v in values):
-                    params += [bigquery.ScalarQueryParameter(f"pmin_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(min(values))),
-                               bigquery.ScalarQueryParameter(f"pmax_{i}", "TIMESTAMP",
-                                                             _ms_to_datetime(max(values)))]
-                    prune = f" AND T.{bq_quote(spec.partition_by)} BETWEEN @pmin_{i} AND @pmax_{i}"
-            target = self._ref(name)
-            source = (f"(SELECT {col_list} FROM {self._ref(STAGE_PREFIX + name)} "
-                      f"WHERE {STAGE_ID} = @stage_id AND {STAGED_AT} >= @since "
-                      f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {ROW_ID}) = 1)")
             if spec.merge == "add":
                 sets = ", ".join(f"{bq_quote(c)} = T.{bq_quote(c)} + S.{bq_quote(c)}"
                                  for c in spec.additive)
             elif spec.merge == "replace":
-                sets = ", ".join(f"{bq_quote(c)} = S.{bq_quote(c)}"
-                                 for c in cols if c not in spec.key)
+                sets = self._replace_sets(spec)
             else:
                 sets = ""
-            if sets:
-                statements.append(f"UPDATE {target} AS T SET {sets} FROM {source} AS S "
-                                  f"WHERE {keys}{prune};")
-            statements.append(
-                f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM {source} AS S "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS T WHERE {keys}{prune});")
+            statements += self._update_insert(spec, items, params, i, sets)
         body = "\n  ".join(statements)
         # The ledger row is read inside the transaction: 'missing' (never recorded), 'skipped'
         # (applied already: nothing changes), or 'applied' by this transaction.
@@ -724,6 +810,97 @@ END IF;"""
         if outcome == "skipped" and failed_once:
             return "applied"
         return outcome
+
+    # -- the streaming sink (transforms/warehouse/panes.py) --------------------------------
+    def upsert_panes(self, spec: TableSpec, rows: list[dict]) -> int:
+        """Replace a stored row iff the new ``(generation, pane_index)`` is at least its own
+        (a NULL stored generation/pane_index counts as -1); insert new keys."""
+        guard = ("S.generation > IFNULL(T.generation, -1) OR (S.generation = T.generation "
+                 "AND S.pane_index >= IFNULL(T.pane_index, -1))")
+        return self._sink(spec, rows, "panes", lambda items, params: self._update_insert(
+            spec, items, params, 0, self._replace_sets(spec), guard))
+
+    def upsert_replace(self, spec: TableSpec, rows: list[dict]) -> int:
+        """Plain upsert by key: every non-key column from the new row (whatever ``spec.merge``
+        says: the streaming sink replaces)."""
+        return self._sink(spec, rows, "replace", lambda items, params: self._update_insert(
+            spec, items, params, 0, self._replace_sets(spec)))
+
+    def upsert_sessions(self, spec: TableSpec, rows: list[dict]) -> int:
+        """A session row replaces every stored row of the same visitor it overlaps, unless a
+        stored row supersedes it (panes.supersedes). The rows that survive are chosen first
+        (into a script variable), so the DELETE cannot change which ones are inserted."""
+        table, source = self._ref(spec.name), self._staged_source(spec, (ROW_ID,))
+        cols = ", ".join(bq_quote(c) for c in spec.column_names)
+        overlaps = ("T.brand = S.brand AND T.cookie_id = S.cookie_id "
+                    "AND T.session_start < S.session_end AND T.session_end > S.session_start")
+        stored_wins = ("(T.generation > S.generation OR (T.generation = S.generation "
+                       "AND T.session_start <= S.session_start AND T.session_end >= S.session_end "
+                       "AND T.events >= S.events))")
+
+        def statements(items, params):
+            return [
+                f"SET _cx360_new = (SELECT IFNULL(ARRAY_AGG(S.{ROW_ID}), []) FROM {source} AS S "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS T WHERE {overlaps} "
+                f"AND {stored_wins}));",
+                f"DELETE FROM {table} AS T WHERE EXISTS (SELECT 1 FROM {source} AS S "
+                f"WHERE S.{ROW_ID} IN UNNEST(_cx360_new) AND {overlaps});",
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} AS S "
+                f"WHERE S.{ROW_ID} IN UNNEST(_cx360_new);"]
+
+        return self._sink(spec, rows, "sessions", statements,
+                          declare="DECLARE _cx360_new ARRAY<STRING> DEFAULT [];",
+                          written="ARRAY_LENGTH(_cx360_new)")
+
+    def _sink_lock(self, table: str) -> None:
+        """The lock row of ``table`` in ``_cx360_sink_locks`` (once per process and table)."""
+        if table in self._locked:
+            return
+        self._ensure_table(SINK_LOCKS, [
+            bigquery.SchemaField("table_name", "STRING", mode="REQUIRED"),
+            bigquery.SchemaField("writes", "INT64"),
+            bigquery.SchemaField("updated_at", "TIMESTAMP")])
+        self._job(f"INSERT INTO {self._ref(SINK_LOCKS)} (table_name, writes, updated_at) "
+                  "SELECT @t, 0, CURRENT_TIMESTAMP() FROM UNNEST([1]) WHERE NOT EXISTS "
+                  f"(SELECT 1 FROM {self._ref(SINK_LOCKS)} WHERE table_name = @t)",
+                  [bigquery.ScalarQueryParameter("t", "STRING", table)])
+        self._locked.add(table)
+
+    def _sink(self, spec: TableSpec, rows: list[dict], mode: str,
+              statements: Callable[[list[_Staged], list], list[str]], *,
+              declare: str = "", written: str = "") -> int:
+        """Stage ``rows`` (streaming inserts, as for write_batch), then one multi-statement
+        transaction: take the table's sink lock (an UPDATE of its row in _cx360_sink_locks:
+        two writers of one table always conflict, so BigQuery aborts one and it is retried
+        against the other's result), run ``statements``, COMMIT. Rows BigQuery rejects raise
+        RejectedRowsError (nothing is written)."""
+        if self.read_only:
+            raise WarehouseError("read-only warehouse")
+        started = dt.datetime.now(dt.timezone.utc)
+        stage_id, plan = self._plan(f"stream:{mode}", {spec.name: rows}, {spec.name: spec})
+        _, rejected = self._stage(stage_id, plan, started.isoformat())
+        if rejected:
+            raise RejectedRowsError(f"stream:{spec.name}", rejected)
+        self._sink_lock(spec.name)
+        items = plan[spec.name]
+        params = [bigquery.ScalarQueryParameter("stage_id", "STRING", stage_id),
+                  bigquery.ScalarQueryParameter("since", "TIMESTAMP", started - STAGE_LOOKBACK),
+                  bigquery.ScalarQueryParameter("lock", "STRING", spec.name)]
+        body = "\n  ".join(statements(items, params))
+        locks = self._ref(SINK_LOCKS)
+        script = f"""{declare}
+BEGIN TRANSACTION;
+  UPDATE {locks} SET writes = writes + 1, updated_at = CURRENT_TIMESTAMP()
+  WHERE table_name = @lock;
+  IF @@row_count = 0 THEN
+    INSERT INTO {locks} (table_name, writes, updated_at) VALUES (@lock, 1, CURRENT_TIMESTAMP());
+  END IF;
+  {body}
+COMMIT TRANSACTION;
+SELECT {written or len(items)} AS written;"""
+        result, _ = self._job(script, params,
+                              retry_on=lambda exc: is_transient(exc) or _concurrent_update(exc))
+        return int(result[0][0]) if result else 0
 
     def seen_event_ids(self, event_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
         ids = list(dict.fromkeys(event_ids))
@@ -787,10 +964,30 @@ END IF;"""
         return [tuple(r.values()) for r in rows]
 
     def ensure_views(self) -> None:
-        """(Re)create the KPI views (sql/bigquery_views.sql), one query job per view, in file
-        order (a view's dependencies come before it)."""
-        for statement in view_statements(self.dataset):
+        """Create the KPI views (sql/bigquery_views.sql), one query job per view in file order
+        (a view's dependencies come before it), unless the dataset has them already.
+
+        Each query job costs a round trip of a second or more, so the views are stamped: the
+        last statement creates the view ``_cx360_views_version`` holding a hash of all
+        statements. When that view holds the current hash and every view exists (one
+        ``tables.list`` and one query), nothing is re-created. A failure half-way leaves the
+        old stamp, so the next run creates them all again."""
+        statements = view_statements(self.dataset)
+        stamp = views_stamp(statements)
+        if self._views_current(statements, stamp):
+            return
+        for statement in statements:
             self._job(statement)
+        self._job(f"CREATE OR REPLACE VIEW {self._ref(VIEWS_STAMP)} AS SELECT '{stamp}' AS stamp")
+
+    def _views_current(self, statements: Sequence[str], stamp: str) -> bool:
+        wanted = {VIEWS_STAMP, *(view_name(s) for s in statements)}
+        have = {t.table_id for t in self._call(self.client.list_tables, self.dataset,
+                                               timeout=HTTP_TIMEOUT_S, what="list tables")}
+        if wanted - have:
+            return False
+        rows, _ = self._job(f"SELECT stamp FROM {self._ref(VIEWS_STAMP)}")
+        return bool(rows) and rows[0][0] == stamp
 
     def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
         rows, _ = self._job(sql, [_param(None, p) for p in params])

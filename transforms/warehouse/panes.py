@@ -20,10 +20,13 @@ never overwrite newer ones:
   events): the state after any order of writes is the newest pane of every session.
 * dead letters: plain replace by ``dead_letter_id`` (at-least-once, stable id).
 
-Backends: DuckDB is implemented here (tests, local); a backend object may instead implement
+Backends: DuckDB is implemented here (tests, local); PostgreSQL and BigQuery implement
 ``upsert_panes(spec, rows)`` / ``upsert_sessions(spec, rows)`` / ``upsert_replace(spec, rows)``
-itself. On Dataflow the BigQuery backend does the same with MERGE statements (see
-docs/streaming.md).
+themselves (postgres_backend.py: ``ON CONFLICT ... DO UPDATE ... WHERE`` and advisory locks per
+visitor; bigquery_backend.py: staged rows, UPDATE + INSERT / DELETE + INSERT in one transaction
+serialised per table by a lock row), with the same semantics: see docs/streaming.md. Any
+backend object with those methods plugs in; they receive rows already reduced to the newest per
+key (panes), per session (sessions) or the last per key (replace).
 """
 from __future__ import annotations
 
@@ -240,21 +243,47 @@ def _duckdb_sessions(warehouse, spec: TableSpec, rows: list[dict]) -> int:
 
 # -- entry points ---------------------------------------------------------------------------
 
+def session_counts_sql(warehouse: Warehouse) -> str:
+    """The CREATE VIEW of :data:`SESSION_COUNTS_VIEW` in ``warehouse``'s dialect (day of the
+    session's start in UTC)."""
+    kind = type(warehouse).__name__
+    if kind == "PostgresWarehouse":
+        return (f"CREATE OR REPLACE VIEW {SESSION_COUNTS_VIEW} AS SELECT brand, "
+                "(session_start AT TIME ZONE 'UTC')::date AS session_day, COUNT(*) AS sessions, "
+                "SUM(events)::bigint AS events FROM stream_web_sessions "
+                "GROUP BY brand, (session_start AT TIME ZONE 'UTC')::date")
+    if kind == "BigQueryWarehouse":  # names in a view must be qualified by the dataset
+        view, table = (warehouse.quote(f"{warehouse.dataset}.{name}")
+                       for name in (SESSION_COUNTS_VIEW, WEB_SESSIONS.name))
+        return (f"CREATE OR REPLACE VIEW {view} AS SELECT brand, DATE(session_start) AS "
+                f"session_day, COUNT(*) AS sessions, SUM(events) AS events FROM {table} "
+                "GROUP BY brand, session_day")
+    return SESSION_COUNTS_SQL
+
+
+#: What two writers creating the same table or view at once get (DuckDB: a catalog conflict;
+#: PostgreSQL: a duplicate pg_type row or "tuple concurrently updated"): retried.
+_CREATE_RACES = ("onflict", "concurrently", "duplicate key", "already exists")
+
+
 def prepare(warehouse: Warehouse, specs, attempts: int = 5) -> None:
     """Create the tables (and the session count view) the streaming sink writes. Several
-    writer instances may do this at once: DuckDB reports that as a catalog conflict, which
-    is retried."""
+    writer instances may do this at once: a conflict between their CREATE statements is
+    retried."""
     specs = list(specs)
     duck = _duckdb(warehouse)
     for attempt in range(attempts):
         try:
             warehouse.ensure_tables(specs)
-            if duck is not None and any(spec.name == WEB_SESSIONS.name for spec in specs):
-                with warehouse._lock:
-                    warehouse.con.execute(SESSION_COUNTS_SQL)
+            if any(spec.name == WEB_SESSIONS.name for spec in specs):
+                if duck is not None:
+                    with warehouse._lock:
+                        warehouse.con.execute(SESSION_COUNTS_SQL)
+                else:
+                    warehouse.query(session_counts_sql(warehouse))
             return
-        except Exception as exc:  # duckdb.TransactionException / CatalogException
-            if duck is None or "onflict" not in str(exc) or attempt == attempts - 1:
+        except Exception as exc:
+            if not any(race in str(exc) for race in _CREATE_RACES) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
@@ -291,13 +320,18 @@ _PREPARED: set[tuple[str, str]] = set()
 _SHARED_LOCK = threading.Lock()
 
 
+def _closed(warehouse: Warehouse) -> bool:
+    """Closed meanwhile: each backend drops its connection/client on close()."""
+    return any(getattr(warehouse, attr, True) is None for attr in ("con", "conn", "client"))
+
+
 def shared_warehouse(url: str, table: str) -> Warehouse:
     """The process's open warehouse for ``url``, with ``table`` prepared."""
     from cx360.transforms.warehouse import open_warehouse
 
     with _SHARED_LOCK:
         warehouse = _SHARED.get(url)
-        if warehouse is None or getattr(warehouse, "con", True) is None:  # closed meanwhile
+        if warehouse is None or _closed(warehouse):
             warehouse = _SHARED[url] = open_warehouse(url)
             _PREPARED.difference_update({k for k in _PREPARED if k[0] == url})
         if (url, table) not in _PREPARED:

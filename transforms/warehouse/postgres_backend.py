@@ -26,13 +26,21 @@ modes as DuckDB (add: ``c = stored.c + new.c`` for additive columns; replace: ev
 from the new row; ignore: keep the stored row); set the batch 'applied'; COMMIT. Any error rolls
 everything back: the batch stays 'pending'.
 
+The streaming sink (``upsert_panes`` / ``upsert_sessions`` / ``upsert_replace``, for ``cx360
+stream``): the same COPY, then ``ON CONFLICT (key) DO UPDATE ... WHERE <pane guard>`` (evaluated
+on the locked row, so concurrent writers cannot let an older pane win) or, for sessions, an
+advisory lock per visitor before the DELETE + INSERT; deadlocks are retried. See
+docs/streaming.md.
+
 ``query(sql, params)`` takes PostgreSQL SQL with psycopg placeholders (``%s``).
 """
 from __future__ import annotations
 
 import json
 import pathlib
+import random
 import threading
+import time
 import urllib.parse
 from typing import Iterable, Sequence
 
@@ -53,6 +61,7 @@ LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
     batch_id TEXT PRIMARY KEY, created_ms BIGINT NOT NULL, status TEXT NOT NULL,
     ranges TEXT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
 OUR_PARAMS = ("schema",)
+SINK_ATTEMPTS = 8  # a streaming upsert that lost a deadlock is retried this often
 
 
 def q(name: str) -> pgsql.Identifier:
@@ -143,12 +152,11 @@ class PostgresWarehouse(Warehouse):
         with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
             cur.execute(sql)
 
-    def _upsert(self, cur: psycopg.Cursor, spec: TableSpec, rows: list[dict]) -> int:
-        rows = spec.combine(rows)
-        if not rows:
-            return 0
+    def _copy_stage(self, cur: psycopg.Cursor, spec: TableSpec, rows: list[dict],
+                    stage: str) -> list[pgsql.Composable]:
+        """COPY ``rows`` (binary) into a new TEMP table ``stage`` (``ON COMMIT DROP``); returns
+        the SELECT list that reads them with the final types (TIMESTAMP from epoch ms)."""
         names = spec.column_names
-        stage = f"_cx360_stage_{spec.name}"
         cur.execute(pgsql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
             q(stage), pgsql.SQL(", ").join(
                 pgsql.SQL("{} {}").format(q(c.name), pgsql.SQL(STAGE_TYPES[c.type]))
@@ -159,25 +167,110 @@ class PostgresWarehouse(Warehouse):
             copy.set_types([STAGE_TYPES[c.type] for c in spec.columns])
             for row in rows:
                 copy.write_row([row.get(n) for n in names])
-        selected = [
-            pgsql.SQL("'epoch'::timestamptz + {} * interval '1 millisecond'").format(q(c.name))
-            if c.type == "TIMESTAMP" else q(c.name) for c in spec.columns]
-        if spec.merge == "ignore":
+        return [pgsql.SQL("'epoch'::timestamptz + {} * interval '1 millisecond'").format(q(c.name))
+                if c.type == "TIMESTAMP" else q(c.name) for c in spec.columns]
+
+    def _upsert(self, cur: psycopg.Cursor, spec: TableSpec, rows: list[dict],
+                merge: str | None = None, guard: pgsql.Composable | None = None) -> int:
+        """De-duplicate by key, COPY, ``INSERT ... ON CONFLICT (key)`` with the spec's merge
+        mode (or ``merge``), the update only ``WHERE guard`` if given. Rows are inserted in
+        key order, so two transactions lock shared keys in the same order (no deadlock)."""
+        rows = spec.combine(rows)
+        if not rows:
+            return 0
+        merge = merge or spec.merge
+        names = spec.column_names
+        stage = f"_cx360_stage_{spec.name}"
+        selected = self._copy_stage(cur, spec, rows, stage)
+        if merge == "ignore":
             action = pgsql.SQL("DO NOTHING")
-        elif spec.merge == "add":
+        elif merge == "add":
             action = pgsql.SQL("DO UPDATE SET ") + pgsql.SQL(", ").join(
                 pgsql.SQL("{c} = t.{c} + EXCLUDED.{c}").format(c=q(c)) for c in spec.additive)
         else:
             others = [c for c in names if c not in spec.key]
-            action = pgsql.SQL("DO UPDATE SET ") + pgsql.SQL(", ").join(
+            action = (pgsql.SQL("DO UPDATE SET ") + pgsql.SQL(", ").join(
                 pgsql.SQL("{c} = EXCLUDED.{c}").format(c=q(c)) for c in others)
+                if others else pgsql.SQL("DO NOTHING"))
+            if guard is not None and others:
+                action += pgsql.SQL(" WHERE ") + guard
         cur.execute(pgsql.SQL(
-            "INSERT INTO {target} AS t ({cols}) SELECT {selected} FROM {stage} "
+            "INSERT INTO {target} AS t ({cols}) SELECT {selected} FROM {stage} ORDER BY {key} "
             "ON CONFLICT ({key}) {action}").format(
                 target=q(spec.name), cols=pgsql.SQL(", ").join(q(n) for n in names),
                 selected=pgsql.SQL(", ").join(selected), stage=q(stage),
                 key=pgsql.SQL(", ").join(q(k) for k in spec.key), action=action))
         return len(rows)
+
+    # -- the streaming sink (transforms/warehouse/panes.py) --------------------------------
+    def _sink(self, work) -> int:
+        """``work(cur)`` in one transaction (READ COMMITTED); a deadlock or serialization
+        failure between concurrent writers rolls it back and it is retried."""
+        if self.read_only:
+            raise WarehouseError("read-only warehouse")
+        for attempt in range(SINK_ATTEMPTS):
+            try:
+                with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
+                    return work(cur)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == SINK_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+        return 0  # pragma: no cover
+
+    def upsert_panes(self, spec: TableSpec, rows: list[dict]) -> int:
+        """``ON CONFLICT (key) DO UPDATE ... WHERE`` the new ``(generation, pane_index)`` is at
+        least the stored one. PostgreSQL evaluates the WHERE on the row locked for the update,
+        after waiting for a concurrent writer of that key to commit: never against a stale
+        version, so concurrent workers cannot overwrite a newer pane."""
+        guard = pgsql.SQL(
+            "EXCLUDED.generation > COALESCE(t.generation, -1) OR (EXCLUDED.generation = "
+            "t.generation AND EXCLUDED.pane_index >= COALESCE(t.pane_index, -1))")
+        return self._sink(lambda cur: self._upsert(cur, spec, rows, "replace", guard))
+
+    def upsert_replace(self, spec: TableSpec, rows: list[dict]) -> int:
+        """Plain upsert by key: every non-key column from the new row."""
+        return self._sink(lambda cur: self._upsert(cur, spec, rows, "replace"))
+
+    def upsert_sessions(self, spec: TableSpec, rows: list[dict]) -> int:
+        """A session row replaces every stored row of the same visitor it overlaps unless a
+        stored row supersedes it. Writers of the same visitor are serialised by a
+        transaction-level advisory lock per (brand, cookie_id), taken in sorted order; each
+        later statement (READ COMMITTED) then sees the other writer's committed rows."""
+        table = q(spec.name)
+        overlaps = pgsql.SQL(
+            "t.brand = s.brand AND t.cookie_id = s.cookie_id "
+            "AND t.session_start < s.session_end AND t.session_end > s.session_start")
+        stored_wins = pgsql.SQL(
+            "(t.generation > s.generation OR (t.generation = s.generation "
+            "AND t.session_start <= s.session_start AND t.session_end >= s.session_end "
+            "AND t.events >= s.events))")
+        cols = pgsql.SQL(", ").join(q(n) for n in spec.column_names)
+
+        def work(cur):
+            selected = self._copy_stage(cur, spec, rows, "_cx360_sessions_in")
+            cur.execute(pgsql.SQL(
+                "SELECT DISTINCT hashtextextended(brand || chr(31) || cookie_id, 0) AS h "
+                "FROM _cx360_sessions_in ORDER BY h"))
+            for (visitor,) in cur.fetchall():
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [visitor])
+            cur.execute(pgsql.SQL(
+                "CREATE TEMP TABLE _cx360_sessions_new ON COMMIT DROP AS SELECT * FROM "
+                "(SELECT {selected} FROM _cx360_sessions_in) AS s WHERE NOT EXISTS "
+                "(SELECT 1 FROM {table} t WHERE {overlaps} AND {stored_wins})").format(
+                    selected=pgsql.SQL(", ").join(
+                        pgsql.SQL("{} AS {}").format(expr, q(name))
+                        for expr, name in zip(selected, spec.column_names)),
+                    table=table, overlaps=overlaps, stored_wins=stored_wins))
+            written = cur.rowcount
+            cur.execute(pgsql.SQL("DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM "
+                                  "_cx360_sessions_new s WHERE {overlaps})").format(
+                                      table=table, overlaps=overlaps))
+            cur.execute(pgsql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM "
+                                  "_cx360_sessions_new").format(table=table, cols=cols))
+            return written
+
+        return self._sink(work)
 
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec], *, on_rejected=None) -> dict[str, int] | None:
