@@ -241,9 +241,10 @@ def _stream_into(url: str) -> str:
     """Run the timeline of test_streaming.test_replace_upsert_sink_keeps_exactly_the_last_pane
     (TestStream, BundleBasedDirectRunner, identity stitching on) into ``url``."""
     import test_streaming as ts
-    from cx360.pipelines.streaming import build_streaming_pipeline
+    from cx360.pipelines.streaming import build_streaming_pipeline, prepare_warehouse
     from cx360.transforms.warehouse import panes
 
+    prepare_warehouse(url)  # as `cx360 stream` does before submitting: tables and views
     with ts.streaming_pipeline() as p:
         build_streaming_pipeline(p, ts.settings(warehouse_url=url),
                                  batches=p | ts.sink_stream(ts.Log()))
@@ -272,7 +273,8 @@ def bigquery_streamed(bigquery_emulator):
 # letters, health per interval and partition, the identity tables and touchpoints.
 JOB_TABLES = ("event_counts", "stream_web_sessions", "stream_web_session_counts", "dead_letters",
               "pipeline_health", "customer_touchpoints", "identity_links", "identity_map",
-              "identity_merges")
+              "identity_merges", "social_kpis", "share_of_voice_counts",
+              "web_events", "kpi_social", "kpi_web")
 
 
 def test_the_streaming_job_writes_the_hand_worked_rows_into_duckdb(duckdb_streamed):
