@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from cx360.transforms.decode import unpack_events
 
@@ -49,12 +50,22 @@ def first_occurrences(events: Iterable[dict], seen: dict[str, tuple[str, int, in
 
 class DeduplicateFn(beam.DoFn):
     """(bucket, iterable of packed event lists) -> list of unique events per bucket; the new
-    ids' ledger rows go to the ``event_ids`` output."""
+    ids' ledger rows go to the ``event_ids`` output.
+
+    The ledger is looked up once per bundle (or per ``max_pending`` events), not once per
+    bucket: a bundle usually holds many buckets, and on BigQuery every look-up is a query job
+    of a second or more. Buckets are independent, so deciding them together gives the same
+    answer as one by one."""
+
+    #: Events held before the ledger is asked about them (bounds a bundle's memory).
+    max_pending = 50_000
 
     def __init__(self, warehouse_url: str):
         self.warehouse_url = warehouse_url
         self._warehouse = None
         self._dup_counters = {}
+        self._pending: list[list[dict]] = []
+        self._pending_events = 0
 
     def setup(self):
         from cx360.transforms.warehouse import open_warehouse
@@ -66,10 +77,35 @@ class DeduplicateFn(beam.DoFn):
             self._warehouse.close()
             self._warehouse = None
 
+    def start_bundle(self):
+        self._pending, self._pending_events = [], 0
+
     def process(self, element: tuple[int, Iterable[list[dict]]]) -> Iterator:
         _, groups = element
         events = unpack_events(groups)
-        seen = self._warehouse.seen_event_ids(sorted({e["event_id"] for e in events}))
+        self._pending.append(events)
+        self._pending_events += len(events)
+        if self._pending_events >= self.max_pending:
+            yield from self._decide()
+
+    def finish_bundle(self) -> Iterator:
+        for output in self._decide():
+            if isinstance(output, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def _decide(self) -> Iterator:
+        """The pending buckets' unique events (one list per bucket) and new ledger rows."""
+        pending, self._pending, self._pending_events = self._pending, [], 0
+        if not pending:
+            return
+        seen = self._warehouse.seen_event_ids(sorted({e["event_id"] for events in pending
+                                                      for e in events}))
+        for events in pending:
+            yield from self._bucket(events, seen)
+
+    def _bucket(self, events: list[dict], seen: dict[str, tuple[str, int, int]]) -> Iterator:
         unique, duplicates = first_occurrences(events, seen)
         for event in duplicates:
             topic = event["_topic"]
