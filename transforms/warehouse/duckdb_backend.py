@@ -170,11 +170,18 @@ class DuckDBWarehouse(Warehouse):
         with self._lock:
             self.con.execute(sql)
 
-    def _upsert(self, spec: TableSpec, rows: list[dict]) -> int:
-        rows = spec.combine(rows)
-        if not rows:
-            return 0
-        staged = arrow_table(spec, rows)
+    def _upsert(self, spec: TableSpec, rows: list[dict] | pa.Table) -> int:
+        if isinstance(rows, pa.Table):
+            # Built by the caller with arrow_table() from rows with unique keys (the local
+            # parallel mode's workers, pipelines/parallel.py): staged as it is.
+            staged = rows
+            if not staged.num_rows:
+                return 0
+        else:
+            rows = spec.combine(rows)
+            if not rows:
+                return 0
+            staged = arrow_table(spec, rows)
         view = f"_staged_{spec.name}"
         self.con.register(view, staged)
         try:
@@ -192,7 +199,7 @@ class DuckDBWarehouse(Warehouse):
                              f"ON CONFLICT ({key}) {action}")
         finally:
             self.con.unregister(view)
-        return len(rows)
+        return staged.num_rows
 
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec]) -> dict[str, int] | None:
