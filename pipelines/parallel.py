@@ -185,12 +185,14 @@ class DropGivenErasedFn(DropErasedFn):
 
 # -- the two worker jobs ----------------------------------------------------------------------
 
-def _metrics(result, cpu_started: float) -> tuple[dict, dict, float]:
-    """(counters, event-time maxima, CPU seconds this job used in this process)."""
+def _metrics(result, cpu_started: float, wall_started: float
+             ) -> tuple[dict, dict, float, float]:
+    """(counters, event-time maxima, CPU seconds this job used in this process, its wall
+    seconds)."""
     from cx360.pipelines.microbatch import _counters, _distribution_max
 
     return (dict(_counters(result)), _distribution_max(result, "cx360.dedupe/event_time_ms:"),
-            time.process_time() - cpu_started)
+            time.process_time() - cpu_started, time.monotonic() - wall_started)
 
 
 def _profiled(fn):
@@ -219,7 +221,7 @@ def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: s
     """Phase 1 in a worker process: read + decode ``ranges``; events to bucket folders, dead
     letters to Kafka and to the spool. Returns (counters, distribution maxima)."""
     s = settings
-    cpu_started = time.process_time()
+    cpu_started, wall_started = time.process_time(), time.monotonic()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     batches = pipeline | "ReadKafka" >> ReadFromKafkaRanges(
         s.kafka, list(ranges), batch_size=s.read_batch_size, stall_timeout_s=s.stall_timeout_s)
@@ -238,7 +240,7 @@ def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: s
             ProduceDeadLettersFn(s.kafka, dl_topic, s.registry))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result, cpu_started)
+    return _metrics(result, cpu_started, wall_started)
 
 
 @_profiled
@@ -249,7 +251,7 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
     touchpoints, identity links and ledger rows of ``buckets``; all spooled as table parts
     (``arrow_tables`` as Arrow tables, see :data:`ARROW_TABLES`)."""
     s = settings
-    cpu_started = time.process_time()
+    cpu_started, wall_started = time.process_time(), time.monotonic()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     grouped = (pipeline
                | "Buckets" >> beam.Create(list(buckets))
@@ -268,7 +270,7 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
          | "SpoolEventIds" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}", arrow_tables)))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result, cpu_started)
+    return _metrics(result, cpu_started, wall_started)
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -348,9 +350,9 @@ def _max_into(total: dict, maxima: dict) -> None:
 
 
 def _fold(results, counters: dict, maxima: dict) -> float:
-    """Add the (counters, maxima, cpu_s) results of one phase's jobs into the batch's
+    """Add the (counters, maxima, cpu_s, wall_s) results of one phase's jobs into the batch's
     counters and maxima; returns the phase's CPU seconds."""
-    for c, m, _ in results:
+    for c, m, *_ in results:
         _sum_into(counters, c)
         _max_into(maxima, m)
     return sum(r[2] for r in results)
@@ -478,6 +480,8 @@ class ParallelBatches:
                                           *self._args()))
             results += [job.result() for job in decoding.jobs]
             timings["decode_cpu_s"] = _fold(results, counters, maxima)
+            # (CPU s, wall s) of each job, this process's first: where the phase's time went.
+            timings["decode_jobs"] = [(round(r[2], 2), round(r[3], 2)) for r in results]
             timings["decode_s"] = time.monotonic() - wall
             phase = time.monotonic()
             # 2. de-duplicate and compute, bucket sets split evenly.
@@ -491,6 +495,7 @@ class ParallelBatches:
                                    *self._args(), arrow)]
             results += [job.result() for job in jobs]
             timings["process_cpu_s"] = _fold(results, counters, maxima)
+            timings["process_jobs"] = [(round(r[2], 2), round(r[3], 2)) for r in results]
             timings["process_s"] = time.monotonic() - phase
             phase = time.monotonic()
             # 3. the workers start on the next batch while this process writes this one.
@@ -509,7 +514,8 @@ class ParallelBatches:
         records = max(1, sum(r.stop - r.start for r in batch.ranges))
         self._write_per_record = timings["write_s"] / records
         self._decode_per_record = timings["decode_cpu_s"] / records
-        return counters, maxima, written, {k: round(v, 3) for k, v in timings.items()}
+        return counters, maxima, written, {k: round(v, 3) if isinstance(v, float) else v
+                                           for k, v in timings.items()}
 
     def _write(self, batch, settings, spool: str, more: bool = False
                ) -> tuple[dict | None, dict[str, int]]:
