@@ -277,6 +277,28 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
 
 _POOL: dict = {}
 _WARM: set = set()   # pools whose workers have run a job (imports done)
+_WARMING: dict = {}  # pool -> futures of its warm-up jobs
+
+
+def _warm_up() -> None:
+    """In a worker process, before its first job: the imports of the jobs (Beam, ~3 s) and
+    the sentiment lexicons (~2 s) that its first process job would load."""
+    from cx360.pipelines.job import shared_scorer
+    from cx360.transforms.sentiment import _langid
+
+    shared_scorer()
+    _langid()
+
+
+def start_workers(processes: int) -> None:
+    """Start the worker processes of a parallel run of ``processes`` and let them import and
+    load the lexicons while this process plans its batches and loads its own lexicons (the
+    lexicons are process-wide: the first process phase then starts balanced; the workers'
+    imports are what the bigger share of this process in the first decode phase makes up)."""
+    pool = worker_pool(processes - 1)
+    if pool not in _WARM and pool not in _WARMING:
+        _WARMING[pool] = [pool.submit(_warm_up) for _ in range(processes - 1)]
+    _warm_up()
 
 
 def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
@@ -440,7 +462,8 @@ class ParallelBatches:
                                  dir=os.environ.get("CX360_SPOOL_DIR"))
         k = self.workers
         mine = 1.0 / k
-        if self.pool not in _WARM:
+        warming = _WARMING.get(self.pool)
+        if self.pool not in _WARM and not (warming and all(f.done() for f in warming)):
             # Fresh worker processes import Beam and cx360 first (~2-3 s): this process,
             # which already has, takes a bigger share of the first batch.
             mine = min(0.9, 1.2 / k)
