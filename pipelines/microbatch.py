@@ -266,6 +266,11 @@ def run_once(config: RunConfig, on_batch=None, on_batch_done=None) -> list[Batch
             LOG.warning("recovering batch %s left pending by an interrupted run: re-running "
                         "its %d offset ranges", batch.batch_id, len(batch.ranges))
         ranges = plan_ranges(config, warehouse)
+        if batch_workers(config, Batch("", 0, "pending", ranges)) > 1:
+            # A parallel run: its worker processes import and load lexicons meanwhile.
+            from cx360.pipelines.parallel import start_workers
+
+            start_workers(batch_workers(config, Batch("", 0, "pending", ranges)))
         created = 0
         while ranges:
             # Strictly increasing clocks: pending batches are recovered in (created_ms,

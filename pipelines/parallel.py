@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import pickle
@@ -47,12 +48,20 @@ from cx360.transforms.identity import (WarehouseGraphStore, event_links,
 from cx360.transforms.identity_steps import DropErasedFn, rules_from_env
 from cx360.transforms.kafka_io import PartitionRange
 from cx360.transforms.kafka_source import ReadFromKafkaRanges
-from cx360.transforms.warehouse import TABLES, open_warehouse
+from cx360.transforms.warehouse import TABLES, is_duckdb_url, open_warehouse
 from cx360.transforms.warehouse.sink import write_rows
 from cx360.transforms.warehouse.spec import BRANDS, DEAD_LETTERS, EVENT_IDS
 
 LINKS = "_identity_links_in"   # spool key of the identity links (input of stitching)
 DEAD = "_dead_letters"         # spool key of the (redacted) dead-letter rows
+
+#: Tables keyed by the event id alone (ledger, touchpoints, web events, brand replies): every
+#: copy of an event id is in one bucket, so their rows from different buckets never share a
+#: key. With a DuckDB warehouse the process jobs spool them as Arrow tables, built in the
+#: worker processes (in parallel) instead of by the driver's serial write, which registers
+#: them with DuckDB as they are. These are ~60 % of a batch's rows.
+ARROW_TABLES = frozenset(name for name in TABLES_WRITTEN
+                         if TABLES[name].key == ("event_id",) and TABLES[name].merge != "add")
 
 
 # -- spool -----------------------------------------------------------------------------------
@@ -62,9 +71,10 @@ class SpoolWriteFn(beam.DoFn):
     (``<spool>/<key>/<prefix>-<uuid>.pkl``). Written in finish_bundle, to a temporary name
     renamed when complete, so a reader never sees half a file."""
 
-    def __init__(self, spool: str, prefix: str):
+    def __init__(self, spool: str, prefix: str, arrow_tables: Iterable[str] = ()):
         self.spool = spool
         self.prefix = prefix
+        self.arrow_tables = frozenset(arrow_tables)   # ``table-<name>`` keys spooled as Arrow
         self._pending: dict = {}
 
     def start_bundle(self):
@@ -77,18 +87,51 @@ class SpoolWriteFn(beam.DoFn):
 
     def finish_bundle(self):
         for key, values in self._pending.items():
-            spec = TABLES.get(key[len("table-"):]) if str(key).startswith("table-") else None
+            table = str(key)[len("table-"):] if str(key).startswith("table-") else None
+            spec = TABLES.get(table) if table else None
+            folder = os.path.join(self.spool, str(key))
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{self.prefix}-{uuid.uuid4().hex}")
+            if spec is not None and table in self.arrow_tables:
+                _write_arrow(path + ".arrow", spec,
+                             spec.combine([row for rows in values for row in rows]))
+                continue
             if spec is not None and spec.merge == "add":
                 # KPI components: add up this bundle's rows per key already (the writer
                 # would), so fewer rows travel and wait in the writer's memory.
                 values = [spec.combine([row for rows in values for row in rows])]
-            folder = os.path.join(self.spool, str(key))
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"{self.prefix}-{uuid.uuid4().hex}.pkl")
-            with open(path + ".tmp", "wb") as out:
+            with open(path + ".pkl.tmp", "wb") as out:
                 pickle.dump(values, out, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(path + ".tmp", path)
+            os.replace(path + ".pkl.tmp", path + ".pkl")
         self._pending = {}
+
+
+def _write_arrow(path: str, spec, rows: list[dict]) -> None:
+    """``rows`` as an Arrow IPC file of ``spec``'s columns (temporary name, then renamed)."""
+    import pyarrow as pa
+
+    from cx360.transforms.warehouse.duckdb_backend import arrow_table
+
+    table = arrow_table(spec, rows)
+    with pa.OSFile(path + ".tmp", "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    os.replace(path + ".tmp", path)
+
+
+def read_arrow_spool(spool: str, key):
+    """The Arrow tables spooled under ``key``, concatenated (None if there are none)."""
+    import pyarrow as pa
+
+    folder = os.path.join(spool, str(key))
+    if not os.path.isdir(folder):
+        return None
+    tables = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".arrow"):
+            with pa.OSFile(os.path.join(folder, name), "rb") as src:
+                tables.append(pa.ipc.open_file(src).read_all())
+    return pa.concat_tables(tables) if tables else None
 
 
 def read_spool(spool: str, key) -> list:
@@ -142,12 +185,14 @@ class DropGivenErasedFn(DropErasedFn):
 
 # -- the two worker jobs ----------------------------------------------------------------------
 
-def _metrics(result, cpu_started: float) -> tuple[dict, dict, float]:
-    """(counters, event-time maxima, CPU seconds this job used in this process)."""
+def _metrics(result, cpu_started: float, wall_started: float
+             ) -> tuple[dict, dict, float, float]:
+    """(counters, event-time maxima, CPU seconds this job used in this process, its wall
+    seconds)."""
     from cx360.pipelines.microbatch import _counters, _distribution_max
 
     return (dict(_counters(result)), _distribution_max(result, "cx360.dedupe/event_time_ms:"),
-            time.process_time() - cpu_started)
+            time.process_time() - cpu_started, time.monotonic() - wall_started)
 
 
 def _profiled(fn):
@@ -176,7 +221,7 @@ def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: s
     """Phase 1 in a worker process: read + decode ``ranges``; events to bucket folders, dead
     letters to Kafka and to the spool. Returns (counters, distribution maxima)."""
     s = settings
-    cpu_started = time.process_time()
+    cpu_started, wall_started = time.process_time(), time.monotonic()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     batches = pipeline | "ReadKafka" >> ReadFromKafkaRanges(
         s.kafka, list(ranges), batch_size=s.read_batch_size, stall_timeout_s=s.stall_timeout_s)
@@ -195,16 +240,18 @@ def decode_job(settings: JobSettings, ranges: Sequence[PartitionRange], spool: s
             ProduceDeadLettersFn(s.kafka, dl_topic, s.registry))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result, cpu_started)
+    return _metrics(result, cpu_started, wall_started)
 
 
 @_profiled
 def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part: int,
-                erased: frozenset, runner: str, beam_args: Sequence[str]) -> tuple[dict, dict]:
+                erased: frozenset, runner: str, beam_args: Sequence[str],
+                arrow_tables: frozenset = frozenset()) -> tuple[dict, dict]:
     """Phase 2 in a worker process: de-duplicate, drop erased, compute the KPI components,
-    touchpoints, identity links and ledger rows of ``buckets``; all spooled as table parts."""
+    touchpoints, identity links and ledger rows of ``buckets``; all spooled as table parts
+    (``arrow_tables`` as Arrow tables, see :data:`ARROW_TABLES`)."""
     s = settings
-    cpu_started = time.process_time()
+    cpu_started, wall_started = time.process_time(), time.monotonic()
     pipeline = beam.Pipeline(options=local_options(runner, beam_args))
     grouped = (pipeline
                | "Buckets" >> beam.Create(list(buckets))
@@ -212,7 +259,7 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
     deduped = grouped | "Deduplicate" >> beam.ParDo(
         ReadOnlyLedgerDeduplicateFn(s.warehouse_url)).with_outputs(EVENT_ID_ROWS, main="events")
     kept = deduped.events | "DropErased" >> beam.ParDo(DropGivenErasedFn(erased))
-    out = SpoolWriteFn(spool, f"q{part}")
+    out = SpoolWriteFn(spool, f"q{part}", arrow_tables)
     _ = (kept | "ComputeKpis" >> beam.ParDo(ComputeKpisFn(s.window_sizes, s.sliding))
          | "TableKeys" >> beam.Map(lambda kv: (f"table-{kv[0]}", kv[1]))
          | "SpoolKpis" >> beam.ParDo(out))
@@ -220,16 +267,38 @@ def process_job(settings: JobSettings, buckets: Sequence[int], spool: str, part:
          | "SpoolLinks" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}")))
     _ = (deduped[EVENT_ID_ROWS]
          | "EventIdRows" >> beam.Map(lambda rows: (f"table-{EVENT_IDS.name}", rows))
-         | "SpoolEventIds" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}")))
+         | "SpoolEventIds" >> beam.ParDo(SpoolWriteFn(spool, f"q{part}", arrow_tables)))
     result = pipeline.run()
     result.wait_until_finish()
-    return _metrics(result, cpu_started)
+    return _metrics(result, cpu_started, wall_started)
 
 
 # -- the driver -------------------------------------------------------------------------------
 
 _POOL: dict = {}
 _WARM: set = set()   # pools whose workers have run a job (imports done)
+_WARMING: dict = {}  # pool -> futures of its warm-up jobs
+
+
+def _warm_up() -> None:
+    """In a worker process, before its first job: the imports of the jobs (Beam, ~3 s) and
+    the sentiment lexicons (~2 s) that its first process job would load."""
+    from cx360.pipelines.job import shared_scorer
+    from cx360.transforms.sentiment import _langid
+
+    shared_scorer()
+    _langid()
+
+
+def start_workers(processes: int) -> None:
+    """Start the worker processes of a parallel run of ``processes`` and let them import and
+    load the lexicons while this process plans its batches and loads its own lexicons (the
+    lexicons are process-wide: the first process phase then starts balanced; the workers'
+    imports are what the bigger share of this process in the first decode phase makes up)."""
+    pool = worker_pool(processes - 1)
+    if pool not in _WARM and pool not in _WARMING:
+        _WARMING[pool] = [pool.submit(_warm_up) for _ in range(processes - 1)]
+    _warm_up()
 
 
 def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
@@ -245,10 +314,21 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     return pool
 
 
+#: Garbage-collector thresholds while a parallel run works: a batch allocates millions of
+#: small dicts and lists that are not cycles, and with Python's default (700, 10, 10) the
+#: cyclic collector ran ~5,000 times per 200k events, 6-7 % of the run's CPU (measured with
+#: gc.callbacks: 4.3 s of 66 s); with these thresholds ~60 times (~1 s). Reference counting
+#: still frees everything that is not a cycle at once, so memory stays the same.
+GC_THRESHOLDS = (50_000, 50, 1_000)
+
+
 def _exit_with_parent(parent: int) -> None:
     """In a worker: exit when the parent process is gone (killed with SIGKILL, it cannot shut
-    the pool down, and an idle worker would wait for work forever)."""
+    the pool down, and an idle worker would wait for work forever). Also sets the worker's
+    garbage-collector thresholds (:data:`GC_THRESHOLDS`)."""
     import threading
+
+    gc.set_threshold(*GC_THRESHOLDS)
 
     def watch():
         while os.getppid() == parent:
@@ -292,9 +372,9 @@ def _max_into(total: dict, maxima: dict) -> None:
 
 
 def _fold(results, counters: dict, maxima: dict) -> float:
-    """Add the (counters, maxima, cpu_s) results of one phase's jobs into the batch's
+    """Add the (counters, maxima, cpu_s, wall_s) results of one phase's jobs into the batch's
     counters and maxima; returns the phase's CPU seconds."""
-    for c, m, _ in results:
+    for c, m, *_ in results:
         _sum_into(counters, c)
         _max_into(maxima, m)
     return sum(r[2] for r in results)
@@ -302,15 +382,21 @@ def _fold(results, counters: dict, maxima: dict) -> float:
 
 class SpooledRows(Mapping):
     """``{table: rows}`` of a batch, loaded from the spool when a table is asked for and not
-    kept: the writer holds one table's rows at a time, not the whole batch's."""
+    kept: the writer holds one table's rows at a time, not the whole batch's. A table spooled
+    as Arrow (:data:`ARROW_TABLES`, DuckDB only) comes as one ``pyarrow.Table``."""
 
     def __init__(self, spool: str, extra: dict[str, list[dict]]):
         self.spool = spool
         self.extra = extra
 
-    def __getitem__(self, table: str) -> list[dict]:
+    def __getitem__(self, table: str):
         if table not in TABLES_WRITTEN:
             raise KeyError(table)
+        arrow = read_arrow_spool(self.spool, f"table-{table}")
+        if arrow is not None:
+            if self.extra.get(table):
+                raise ValueError(f"{table}: Arrow parts and row dicts cannot be mixed")
+            return arrow
         rows = [row for part in read_spool(self.spool, f"table-{table}") for row in part]
         if table == DEAD_LETTERS.name:
             rows.extend(read_spool(self.spool, DEAD))
@@ -350,6 +436,13 @@ class ParallelBatches:
         self._decoding: dict[str, _Decoding] = {}
         self._write_per_record = 0.0     # seconds, measured on the previous batch
         self._decode_per_record = 0.0    # CPU seconds of the decode phase per record
+        # The BI snapshot (DuckDB) copies the whole warehouse (~3-4 s for 200k events): it is
+        # published after a batch only if the last one is snapshot_every_s old, else once
+        # when the run's last batch is written (or in close(), if a later batch failed).
+        self._published_at = time.monotonic()
+        self._snapshot_due = False
+        self._gc_thresholds = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     def _settings(self, batch):
         from cx360.pipelines.microbatch import job_settings
@@ -369,7 +462,8 @@ class ParallelBatches:
                                  dir=os.environ.get("CX360_SPOOL_DIR"))
         k = self.workers
         mine = 1.0 / k
-        if self.pool not in _WARM:
+        warming = _WARMING.get(self.pool)
+        if self.pool not in _WARM and not (warming and all(f.done() for f in warming)):
             # Fresh worker processes import Beam and cx360 first (~2-3 s): this process,
             # which already has, takes a bigger share of the first batch.
             mine = min(0.9, 1.2 / k)
@@ -409,24 +503,29 @@ class ParallelBatches:
                                           *self._args()))
             results += [job.result() for job in decoding.jobs]
             timings["decode_cpu_s"] = _fold(results, counters, maxima)
+            # (CPU s, wall s) of each job, this process's first: where the phase's time went.
+            timings["decode_jobs"] = [(round(r[2], 2), round(r[3], 2)) for r in results]
             timings["decode_s"] = time.monotonic() - wall
             phase = time.monotonic()
             # 2. de-duplicate and compute, bucket sets split evenly.
             groups = [list(range(i, settings.buckets, self.workers))
                       for i in range(self.workers)]
+            arrow = ARROW_TABLES if is_duckdb_url(self.config.warehouse_url) else frozenset()
             jobs = [self.pool.submit(process_job, settings, group, decoding.spool, i, erased,
-                                     *self._args())
+                                     *self._args(), arrow)
                     for i, group in enumerate(groups) if i > 0 and group]
             results = [process_job(settings, groups[0], decoding.spool, 0, erased,
-                                   *self._args())]
+                                   *self._args(), arrow)]
             results += [job.result() for job in jobs]
             timings["process_cpu_s"] = _fold(results, counters, maxima)
+            timings["process_jobs"] = [(round(r[2], 2), round(r[3], 2)) for r in results]
             timings["process_s"] = time.monotonic() - phase
             phase = time.monotonic()
             # 3. the workers start on the next batch while this process writes this one.
             if next_batch is not None:
                 self.start_decode(next_batch, writing=True)
-            written, rejected = self._write(batch, settings, decoding.spool)
+            written, rejected = self._write(batch, settings, decoding.spool,
+                                            more=next_batch is not None)
             for table, count in rejected.items():
                 counters[f"cx360.write/rows_rejected:{table}"] = count
             timings["write_s"] = time.monotonic() - phase
@@ -438,12 +537,15 @@ class ParallelBatches:
         records = max(1, sum(r.stop - r.start for r in batch.ranges))
         self._write_per_record = timings["write_s"] / records
         self._decode_per_record = timings["decode_cpu_s"] / records
-        return counters, maxima, written, {k: round(v, 3) for k, v in timings.items()}
+        return counters, maxima, written, {k: round(v, 3) if isinstance(v, float) else v
+                                           for k, v in timings.items()}
 
-    def _write(self, batch, settings, spool: str) -> tuple[dict | None, dict[str, int]]:
+    def _write(self, batch, settings, spool: str, more: bool = False
+               ) -> tuple[dict | None, dict[str, int]]:
         """Identity stitching over the whole batch, then every row and the ledger in one
         transaction (``sink.write_rows``, as WriteBatchFn does for the single job). Returns
-        (rows written per table or None if applied already, rows rejected per table)."""
+        (rows written per table or None if applied already, rows rejected per table).
+        ``more``: another batch of this run follows (the BI snapshot may wait for it)."""
         links = [link for part in read_spool(spool, LINKS) for link in part]
         warehouse = open_warehouse(self.config.warehouse_url)
         try:
@@ -455,7 +557,33 @@ class ParallelBatches:
             extra.setdefault(BRANDS.name, []).extend(settings.brands)
             return write_rows(warehouse, batch.batch_id, SpooledRows(spool, extra))
         finally:
+            self._close_writer(warehouse, more)
+
+    def _close_writer(self, warehouse, more: bool) -> None:
+        every = getattr(warehouse, "snapshot_every_s", None)   # DuckDB's BI snapshot
+        if every is None:
             warehouse.close()
+        elif more and time.monotonic() - self._published_at < every:
+            self._snapshot_due = self._snapshot_due or bool(getattr(warehouse, "_changed"))
+            warehouse.close(publish=False)
+        else:
+            try:
+                if getattr(warehouse, "_changed", False) or self._snapshot_due:
+                    # Nothing else in this process writes while the driver writes a batch.
+                    warehouse.publish_snapshot(exclusive=True)
+            finally:
+                warehouse.close(publish=False)
+            self._published_at = time.monotonic()
+            self._snapshot_due = False
+
+    def _publish_due_snapshot(self) -> None:
+        if self._snapshot_due:
+            warehouse = open_warehouse(self.config.warehouse_url)
+            try:
+                warehouse.publish_snapshot(exclusive=True)
+            finally:
+                warehouse.close(publish=False)
+            self._snapshot_due = False
 
     def close(self) -> None:
         """Wait for started decode jobs (a failed run leaves some) and remove their spools."""
@@ -467,3 +595,7 @@ class ParallelBatches:
                     pass
             shutil.rmtree(decoding.spool, ignore_errors=True)
         self._decoding.clear()
+        try:
+            self._publish_due_snapshot()
+        finally:
+            gc.set_threshold(*self._gc_thresholds)

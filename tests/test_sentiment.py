@@ -380,3 +380,31 @@ def test_score_sentiment_fields_are_configurable_and_the_scorer_is_not_pickled()
                  | ScoreSentiment(text_field="body", output_field="s", lang_field="language")
                  | beam.Map(lambda e: (e["body"], e["s"]["label"], e["s"]["aspects"])))
         assert_that(out, equal_to([("Top Service!", "positive", ["customer_service"])]))
+
+
+def test_parsed_lexicons_are_cached_on_disk_and_rebuilt_when_unreadable(tmp_path, monkeypatch):
+    """load_resources() pickles what it parsed to CX360_CACHE_DIR; the next process (here:
+    the next call after clearing the in-process cache) reads it back and scores the same;
+    a corrupt cache file is parsed again and rewritten; 'off' writes nothing."""
+    texts = ["This is a good product really", "Das ist wirklich ein gutes Produkt",
+             "Lieferung kam zu spät, schlechter Service 😡", "not bad at all"]
+    monkeypatch.setenv("CX360_CACHE_DIR", "off")
+    S.load_resources.cache_clear()
+    parsed = S.load_resources()
+    expected = [SentimentScorer(text_cache_size=0).score(t) for t in texts]
+
+    monkeypatch.setenv("CX360_CACHE_DIR", str(tmp_path))
+    S.load_resources.cache_clear()
+    assert S.load_resources() == parsed                      # parsed, then written
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("lexicons-")
+    S.load_resources.cache_clear()
+    cached = S.load_resources()                              # read from the file
+    assert cached == parsed and cached is not parsed
+    assert [SentimentScorer(text_cache_size=0).score(t) for t in texts] == expected
+
+    (tmp_path / files[0]).write_bytes(b"not a pickle")
+    S.load_resources.cache_clear()
+    assert S.load_resources() == parsed
+    assert pickle.loads((tmp_path / files[0]).read_bytes()) == parsed   # rewritten
+    S.load_resources.cache_clear()

@@ -170,6 +170,34 @@ def test_snapshot_is_published_on_close_and_readable_while_the_writer_holds_the_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w-bi.duckdb", "w.duckdb"]
 
 
+def test_exclusive_snapshot_copies_the_checkpointed_file(tmp_path):
+    """publish_snapshot(exclusive=True) (the parallel mode's writer) copies the file after a
+    CHECKPOINT instead of COPY FROM DATABASE: the same tables, views and committed rows."""
+    from cx360.transforms.warehouse.spec import TABLES
+
+    writer = open_warehouse(f"duckdb:{tmp_path}/w.duckdb")
+    writer.ensure_tables(TABLES.values())
+    writer.ensure_views()
+    record(writer, "b1")
+    writer.write_batch("b1", {"event_counts": [count_row(2)]}, SPECS)
+    assert writer.publish_snapshot(exclusive=True) == str(tmp_path / "w-bi.duckdb")
+    assert _snapshot_events(tmp_path / "w-bi.duckdb") == 2
+    record(writer, "b2")
+    writer.write_batch("b2", {"event_counts": [count_row(5)]}, SPECS)
+    assert _snapshot_events(tmp_path / "w-bi.duckdb") == 2          # not published yet
+    writer.publish_snapshot(exclusive=True)
+    assert _snapshot_events(tmp_path / "w-bi.duckdb") == 7
+    con = duckdb.connect(str(tmp_path / "w-bi.duckdb"), read_only=True)
+    views = {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    status = con.execute("SELECT batch_id, status FROM _cx360_batches ORDER BY 1").fetchall()
+    con.close()
+    assert {"kpi_social", "kpi_survey", "customer_360"} <= views
+    assert status == [("b1", "applied"), ("b2", "applied")]
+    writer.close(publish=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w-bi.duckdb", "w.duckdb"]
+
+
 def test_snapshot_off_and_custom_path(tmp_path):
     off = open_warehouse(f"duckdb:{tmp_path}/a.duckdb?snapshot=off")
     off.ensure_tables(SPECS.values())

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import pickle
 import re
+import sys
 import threading
 import unicodedata
 import xml.etree.ElementTree as ElementTree
@@ -388,13 +391,72 @@ def _by_first_token(phrases: dict) -> dict:
             for first, items in index.items()}
 
 
+def cache_dir() -> Path | None:
+    """Where parsed lexicons are cached: ``$CX360_CACHE_DIR`` (``off`` disables the cache),
+    default ``$XDG_CACHE_HOME/cx360`` or ``~/.cache/cx360``."""
+    value = os.environ.get("CX360_CACHE_DIR")
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "none", "false", "0") else Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cx360"
+
+
+def _disk_cached(name: str, key: str, build):
+    """``build()``, pickled to the cache directory under ``name`` and ``key`` (a hash of
+    everything the value is derived from) and read from there by the next process: parsing
+    the lexicons costs ~1.3 s CPU and the language model ~0.8 s per process, reading their
+    pickles ~0.4 s. An unreadable cache file is rebuilt; an unwritable directory only costs
+    the speed-up."""
+    folder = cache_dir()
+    if folder is None:
+        return build()
+    path = folder / f"{name}-{key}.pickle"
+    try:
+        with path.open("rb") as src:
+            return pickle.load(src)
+    except FileNotFoundError:
+        pass
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: rebuild it
+        pass
+    value = build()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)   # atomic: concurrent processes write the same content
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    return value
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
 @functools.lru_cache(maxsize=4)
 def load_resources(data_dir: str | None = None) -> Resources:
-    """Load and derive all lexicons once per process (~0.3 s); scorers share the result."""
+    """Load and derive all lexicons once per process, from the on-disk cache
+    (:func:`cache_dir`) when a previous process parsed the same data files with the same
+    code, textblob and Python versions; scorers share the result."""
     data = Path(data_dir) if data_dir else DATA_DIR
     digest = hashlib.sha256()
     for name in DATA_FILES:
         digest.update((data / name).read_bytes())
+    key = hashlib.sha256(digest.digest() + Path(__file__).read_bytes() + repr(
+        (sys.version_info[:2], _package_version("textblob"))).encode()).hexdigest()[:24]
+    return _disk_cached("lexicons", key, lambda: _parse_resources(data, digest))
+
+
+def _parse_resources(data: Path, digest) -> Resources:
     words, de_phrases, de_neg, de_int, stop, de_vocab = _load_german(data)
     en_words, en_phrases, en_neg, en_int = _load_english(data)
     en_vocab = frozenset(en_words)
@@ -430,9 +492,14 @@ def _langid():
     """py3langid restricted to German and English, loaded on first need (~0.8 s)."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    identifier.set_languages(["de", "en"])
-    return identifier
+    def build():
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        identifier.set_languages(["de", "en"])
+        return identifier
+
+    key = hashlib.sha256(repr((sys.version_info[:2], _package_version("py3langid"), MODEL_FILE,
+                               ["de", "en"])).encode()).hexdigest()[:24]
+    return _disk_cached("langid", key, build)
 
 
 def _langid_classify(text: str) -> tuple[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import threading
 import time
 import urllib.parse
@@ -169,11 +170,18 @@ class DuckDBWarehouse(Warehouse):
         with self._lock:
             self.con.execute(sql)
 
-    def _upsert(self, spec: TableSpec, rows: list[dict]) -> int:
-        rows = spec.combine(rows)
-        if not rows:
-            return 0
-        staged = arrow_table(spec, rows)
+    def _upsert(self, spec: TableSpec, rows: list[dict] | pa.Table) -> int:
+        if isinstance(rows, pa.Table):
+            # Built by the caller with arrow_table() from rows with unique keys (the local
+            # parallel mode's workers, pipelines/parallel.py): staged as it is.
+            staged = rows
+            if not staged.num_rows:
+                return 0
+        else:
+            rows = spec.combine(rows)
+            if not rows:
+                return 0
+            staged = arrow_table(spec, rows)
         view = f"_staged_{spec.name}"
         self.con.register(view, staged)
         try:
@@ -191,7 +199,7 @@ class DuckDBWarehouse(Warehouse):
                              f"ON CONFLICT ({key}) {action}")
         finally:
             self.con.unregister(view)
-        return len(rows)
+        return staged.num_rows
 
     def write_batch(self, batch_id: str, rows: dict[str, list[dict]],
                     specs: dict[str, TableSpec]) -> dict[str, int] | None:
@@ -224,9 +232,16 @@ class DuckDBWarehouse(Warehouse):
         if time.monotonic() - self._published_at >= self.snapshot_every_s:
             self.publish_snapshot()
 
-    def publish_snapshot(self) -> str | None:
+    def publish_snapshot(self, exclusive: bool = False) -> str | None:
         """Copy the whole database to the snapshot file atomically (temp file + rename), so a
-        BI tool opening it read-only sees one committed state. Returns its path."""
+        BI tool opening it read-only sees one committed state. Returns its path.
+
+        ``exclusive``: the caller guarantees that nothing else in this process writes to the
+        warehouse until this returns (other processes cannot: DuckDB allows one writing
+        process). Then the file itself is copied after a CHECKPOINT (all committed data in
+        the main file, the write-ahead log empty): ~0.05 s instead of ~3 s of COPY FROM
+        DATABASE for 200k events, which re-inserts every row and rebuilds every index. The
+        local parallel mode's writer uses it (pipelines/parallel.py)."""
         if self.read_only or self.snapshot_path is None or self.con is None:
             return None
         tmp = f"{self.snapshot_path}.tmp-{os.getpid()}"
@@ -235,12 +250,23 @@ class DuckDBWarehouse(Warehouse):
                 os.remove(leftover)
         os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
         with self._lock:
-            name = self.con.execute("SELECT current_database()").fetchone()[0]
-            self.con.execute(f"ATTACH {sql_string(tmp)} AS _cx360_snapshot")
-            try:
-                self.con.execute(f"COPY FROM DATABASE {q(name)} TO _cx360_snapshot")
-            finally:
-                self.con.execute("DETACH _cx360_snapshot")
+            copied = False
+            if exclusive:
+                try:
+                    self.con.execute("CHECKPOINT")
+                    copied = not os.path.exists(self.path + ".wal") or \
+                        os.path.getsize(self.path + ".wal") == 0
+                except duckdb.Error:   # e.g. another transaction is open: copy the tables
+                    copied = False
+                if copied:
+                    shutil.copyfile(self.path, tmp)
+            if not copied:
+                name = self.con.execute("SELECT current_database()").fetchone()[0]
+                self.con.execute(f"ATTACH {sql_string(tmp)} AS _cx360_snapshot")
+                try:
+                    self.con.execute(f"COPY FROM DATABASE {q(name)} TO _cx360_snapshot")
+                finally:
+                    self.con.execute("DETACH _cx360_snapshot")
         os.replace(tmp, self.snapshot_path)
         self._changed = False
         self._published_at = time.monotonic()
@@ -331,8 +357,12 @@ class DuckDBWarehouse(Warehouse):
         self.changed()
         return counts
 
-    def close(self) -> None:
-        if getattr(self, "_changed", False) and getattr(self, "con", None) is not None:
+    def close(self, publish: bool = True) -> None:
+        """Close the connection, first publishing the BI snapshot if anything changed.
+        ``publish=False``: the caller publishes later itself (the local parallel mode
+        publishes once per run of several batches, see pipelines/parallel.py)."""
+        if (publish and getattr(self, "_changed", False)
+                and getattr(self, "con", None) is not None):
             self.publish_snapshot()
         con, self.con = getattr(self, "con", None), None
         if con is not None:
