@@ -19,7 +19,9 @@ micro-batch is split like a distributed runner would split it, with a file shuff
 
 Nothing here holds on Dataflow or Flink: they run ``job.build_pipeline`` as one job and do
 their own shuffles. The spool is a temporary directory removed after the batch; a batch that
-fails anywhere stays 'pending' and is re-run from Kafka, so no spooled file outlives a run.
+fails anywhere stays 'pending' and is re-run from Kafka. A process killed with SIGKILL cannot
+remove its spool: its name carries the host and PID, and the next run on that host removes
+the spools of processes that are gone (:func:`remove_orphaned_spools`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -65,6 +68,57 @@ ARROW_TABLES = frozenset(name for name in TABLES_WRITTEN
 
 
 # -- spool -----------------------------------------------------------------------------------
+
+SPOOL_PREFIX = "cx360-spool-"
+
+
+def _host_tag() -> str:
+    """The host part of a spool name: no '-' (the name's separator) and no path characters."""
+    return "".join(c for c in socket.gethostname() if c.isalnum())[:32] or "host"
+
+
+def spool_dir() -> str:
+    """Where spools are created: ``$CX360_SPOOL_DIR`` or the system temporary directory."""
+    return os.environ.get("CX360_SPOOL_DIR") or tempfile.gettempdir()
+
+
+def new_spool(batch_id: str) -> str:
+    """A fresh spool directory for ``batch_id``, named after this host and process."""
+    return tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{_host_tag()}-{os.getpid()}-{batch_id}-",
+                            dir=spool_dir())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's live process
+        return True
+    return True
+
+
+def remove_orphaned_spools(folder: str | None = None) -> list[str]:
+    """Remove the spools that processes of this host left behind when they were killed
+    (SIGKILL, OOM): those whose PID no longer runs. Spools of live processes, of other hosts
+    sharing the folder, and anything not named like a spool stay. Returns the removed paths."""
+    folder = folder or spool_dir()
+    host = _host_tag()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name[len(SPOOL_PREFIX):].split("-", 2) if name.startswith(SPOOL_PREFIX) else []
+        if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        path = os.path.join(folder, name)
+        if int(parts[1]) != os.getpid() and not _alive(int(parts[1])) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
 
 class SpoolWriteFn(beam.DoFn):
     """``(key, value)`` in; per bundle, one file per key holding the list of its values
@@ -433,6 +487,7 @@ class ParallelBatches:
         self.config = config
         self.workers = workers
         self.pool = worker_pool(workers - 1)
+        remove_orphaned_spools()
         self._decoding: dict[str, _Decoding] = {}
         self._write_per_record = 0.0     # seconds, measured on the previous batch
         self._decode_per_record = 0.0    # CPU seconds of the decode phase per record
@@ -458,8 +513,7 @@ class ParallelBatches:
         (enough to finish when this process has written and decoded the rest)."""
         if batch.batch_id in self._decoding:
             return
-        spool = tempfile.mkdtemp(prefix=f"cx360-spool-{batch.batch_id}-",
-                                 dir=os.environ.get("CX360_SPOOL_DIR"))
+        spool = new_spool(batch.batch_id)
         k = self.workers
         mine = 1.0 / k
         warming = _WARMING.get(self.pool)

@@ -1,12 +1,15 @@
 """The local parallel mode (pipelines/parallel.py) must write exactly what the single Beam job
 writes, including for duplicates whose copies are read by different worker processes."""
 import json
+import os
 import random
+import signal
 import subprocess
+import sys
 
 import duckdb
 
-from cx360.pipelines.parallel import split_ranges
+from cx360.pipelines.parallel import new_spool, remove_orphaned_spools, split_ranges
 from cx360.transforms.kafka_io import PartitionRange
 from kafka_helpers import produce
 from test_exactly_once import cx360, stream, topic_args
@@ -117,3 +120,36 @@ def test_two_processes_write_what_one_job_writes(kafka, topics, tmp_path):
     # single job (COPY FROM DATABASE) the same.
     assert _dump(tmp_path / "two-bi.duckdb") == parallel
     assert _dump(tmp_path / "one-bi.duckdb") == single
+
+
+def test_a_new_run_removes_only_the_spools_of_killed_processes(tmp_path, monkeypatch):
+    """A SIGKILLed run cannot remove its spool; the next run on the host removes it, and
+    leaves the spools of live processes, of other hosts and unrelated files alone."""
+    monkeypatch.setenv("CX360_SPOOL_DIR", str(tmp_path))
+    script = ("import os, signal, sys; from cx360.pipelines.parallel import new_spool; "
+              "path = new_spool('b-0007'); open(os.path.join(path, 'x.pkl'), 'wb').write(b'1'); "
+              "print(path, flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == 'kill' else sys.stdin.read()")
+    killed = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True,
+                            text=True, env={**os.environ, "CX360_SPOOL_DIR": str(tmp_path)})
+    assert killed.returncode == -signal.SIGKILL
+    orphan = killed.stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", script, "wait"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "CX360_SPOOL_DIR": str(tmp_path)})
+    try:
+        running = live.stdout.readline().strip()
+        mine = new_spool("b-0008")
+        other_host = tmp_path / "cx360-spool-otherhost-1-b-0001-abc"
+        other_host.mkdir()
+        unrelated = tmp_path / "cx360-spool-notes"
+        unrelated.mkdir()
+        assert os.path.isdir(orphan) and os.path.dirname(orphan) == str(tmp_path)
+
+        assert remove_orphaned_spools() == [orphan]
+        assert not os.path.exists(orphan)
+        assert all(os.path.isdir(p) for p in (running, mine, other_host, unrelated))
+    finally:
+        live.communicate("", timeout=30)
+    # Once that process has ended too, its spool is an orphan as well.
+    assert remove_orphaned_spools(str(tmp_path)) == [running]
