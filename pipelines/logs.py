@@ -62,3 +62,10 @@ def configure(level: str = "WARNING", as_json: bool = False) -> None:
     # (one line), so its own logs show only at DEBUG.
     logging.getLogger("kafka").setLevel(logging.DEBUG if root.level <= logging.DEBUG
                                         else logging.CRITICAL)
+
+
+def current_settings() -> tuple[str, bool]:
+    """(level, as_json) of this process's logging, for worker processes to log alike."""
+    root = logging.getLogger()
+    as_json = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level), as_json

@@ -43,6 +43,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from cx360.pipelines.job import (TABLES_WRITTEN, ComputeKpisFn, JobSettings, local_options)
+from cx360.pipelines.logs import configure, current_settings
 from cx360.transforms.dead_letters import ProduceDeadLettersFn
 from cx360.transforms.decode import DEAD_LETTER, DecodeEvents
 from cx360.transforms.dedupe import EVENT_ID_ROWS, DeduplicateFn
@@ -363,7 +364,7 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     if pool is None:
         pool = _POOL[workers] = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent, initargs=(os.getpid(),))
+            initializer=_start_worker, initargs=(os.getpid(), current_settings()))
         atexit.register(pool.shutdown, wait=True, cancel_futures=True)
     return pool
 
@@ -376,12 +377,18 @@ def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
 GC_THRESHOLDS = (50_000, 50, 1_000)
 
 
-def _exit_with_parent(parent: int) -> None:
+def _start_worker(parent: int, log_settings: tuple[str, bool]) -> None:
     """In a worker: exit when the parent process is gone (killed with SIGKILL, it cannot shut
     the pool down, and an idle worker would wait for work forever). Also sets the worker's
-    garbage-collector thresholds (:data:`GC_THRESHOLDS`)."""
+    garbage-collector thresholds (:data:`GC_THRESHOLDS`) and logs like the parent (a spawned
+    process starts with Python's default logging). Configuration warnings such as the demo
+    pseudonym key are the parent's to give, once per run, not once per worker."""
     import threading
 
+    from cx360.transforms import identity
+
+    configure(*log_settings)
+    identity.warn_about_demo_key = False
     gc.set_threshold(*GC_THRESHOLDS)
 
     def watch():

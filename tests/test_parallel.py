@@ -66,7 +66,7 @@ def _run(topics, bootstrap, warehouse, *extra):
                                 *topic_args(topics, bootstrap)),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    return dict(json.loads(done.stdout.splitlines()[-1]), stderr=done.stderr)
 
 
 def test_two_processes_write_what_one_job_writes(kafka, topics, tmp_path):
@@ -88,6 +88,12 @@ def test_two_processes_write_what_one_job_writes(kafka, topics, tmp_path):
     assert one["records_read"] == two["records_read"] == total
     assert len(two["batches"]) >= 2  # the ledger decides duplicates across batches, too
     assert one["reconciled"] and two["reconciled"]
+    # The worker processes log like the run itself, and leave configuration warnings to it:
+    # the demo-key warning once, in the run's format (not once more per worker, unformatted).
+    for run in (one, two):
+        warnings = [line for line in run["stderr"].splitlines() if "DEMO key" in line]
+        assert len(warnings) == 1, run["stderr"]
+        assert " WARNING cx360.transforms.identity: " in warnings[0]
     assert {t: v["duplicates"] for t, v in one["topics"].items()} == \
         {t: v["duplicates"] for t, v in two["topics"].items()}
 

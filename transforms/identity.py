@@ -40,6 +40,8 @@ ACCOUNT, COOKIE, EMAIL, PHONE, HANDLE = "acct", "ck", "em", "ph", "sh"
 STRENGTH = (ACCOUNT, EMAIL, PHONE, COOKIE, HANDLE)
 
 _warned = False
+#: False in processes whose parent gives configuration warnings (local parallel workers).
+warn_about_demo_key = True
 
 
 def pseudonym_key() -> bytes:
@@ -47,7 +49,7 @@ def pseudonym_key() -> bytes:
     key = os.environ.get(KEY_ENV)
     if key:
         return key.encode("utf-8")
-    if not _warned:
+    if not _warned and warn_about_demo_key:
         LOG.warning("%s is not set: pseudonymising with the built-in DEMO key. Production must "
                     "set its own secret.", KEY_ENV)
         _warned = True
