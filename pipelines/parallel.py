@@ -115,7 +115,7 @@ def remove_orphaned_spools(folder: str | None = None) -> list[str]:
         if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
             continue
         path = os.path.join(folder, name)
-        if int(parts[1]) != os.getpid() and not _alive(int(parts[1])) and os.path.isdir(path):
+        if not _alive(int(parts[1])) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -388,7 +388,7 @@ def _start_worker(parent: int, log_settings: tuple[str, bool]) -> None:
     from cx360.transforms import identity
 
     configure(*log_settings)
-    identity.warn_about_demo_key = False
+    identity.demo_key_warned = True
     gc.set_threshold(*GC_THRESHOLDS)
 
     def watch():

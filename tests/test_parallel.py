@@ -137,12 +137,11 @@ def test_a_new_run_removes_only_the_spools_of_killed_processes(tmp_path, monkeyp
               "print(path, flush=True); "
               "os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == 'kill' else sys.stdin.read()")
     killed = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True,
-                            text=True, env={**os.environ, "CX360_SPOOL_DIR": str(tmp_path)})
+                            text=True)
     assert killed.returncode == -signal.SIGKILL
     orphan = killed.stdout.strip()
     live = subprocess.Popen([sys.executable, "-c", script, "wait"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "CX360_SPOOL_DIR": str(tmp_path)})
+                            stdout=subprocess.PIPE, text=True)
     try:
         running = live.stdout.readline().strip()
         mine = new_spool("b-0008")

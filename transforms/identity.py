@@ -39,20 +39,20 @@ ACCOUNT, COOKIE, EMAIL, PHONE, HANDLE = "acct", "ck", "em", "ph", "sh"
 #: Strongest first: the identifier an event's facts are keyed by.
 STRENGTH = (ACCOUNT, EMAIL, PHONE, COOKIE, HANDLE)
 
-_warned = False
-#: False in processes whose parent gives configuration warnings (local parallel workers).
-warn_about_demo_key = True
+#: True once the demo-key warning is given, or where the parent process gives it (the local
+#: parallel workers).
+demo_key_warned = False
 
 
 def pseudonym_key() -> bytes:
-    global _warned
+    global demo_key_warned
     key = os.environ.get(KEY_ENV)
     if key:
         return key.encode("utf-8")
-    if not _warned and warn_about_demo_key:
+    if not demo_key_warned:
         LOG.warning("%s is not set: pseudonymising with the built-in DEMO key. Production must "
                     "set its own secret.", KEY_ENV)
-        _warned = True
+        demo_key_warned = True
     return DEMO_KEY
 
 
