@@ -52,6 +52,9 @@ def test_survey_scales(kind, score, ok):
     ("social", social(event_type="reply", parent_post_id="p0"), "invalid_value"),
     ("social", social(event_type="comment"), "missing_field"),
     ("social", social(reach=-1), "invalid_value"),
+    ("social", social(text="bad\x00"), "invalid_value"),              # PostgreSQL cannot store it
+    ("social", social(hashtags=["ok", "b\x00d"]), "invalid_value"),
+    ("web", web(page_url="/p\x00"), "invalid_value"),
 ])
 def test_reasons(role, record, reason):
     with pytest.raises(DecodeError) as err:
@@ -64,3 +67,7 @@ def test_allowed_clock_skew_is_configurable():
     validate_event("survey", record, NOW)            # default skew 15 min
     with pytest.raises(DecodeError):
         validate_event("survey", record, NOW, max_future_ms=5 * 60_000)
+
+
+def test_other_control_characters_are_text():
+    validate_event("social", social(text="tab\there\nline\x01", hashtags=["a"]), NOW)

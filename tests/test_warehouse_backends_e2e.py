@@ -17,6 +17,8 @@ import time
 import pytest
 
 from cx360.pipelines.generator import GeneratorConfig, generate
+from cx360.schemas.codec import AvroCodec
+from cx360.schemas.registry import SOCIAL, FileSchemaRegistry
 from cx360.pipelines.job import TABLES_WRITTEN
 from cx360.transforms.warehouse import open_warehouse
 from conftest import REPO, cli
@@ -80,9 +82,33 @@ def run_once(broker, topics, url, group, *extra):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: Valid in Avro and JSON, but PostgreSQL TEXT cannot hold U+0000: these must be dead letters,
+#: not a batch that fails on every retry.
+NUL_EVENTS = 3
+
+
+def nul_records(records):
+    """A generated customer post re-sent as Avro with NULs in its author's handle, a survey
+    re-sent as JSON with one in its touchpoint (both are stored in every backend), and one with
+    a NUL in a score of the wrong type (the decoder's message quotes it); new event ids, so
+    none is a duplicate."""
+    post = next(r.event for r in records if r.role == "social" and r.event
+                and r.event["event_type"] == "post" and not r.event["author_is_brand"])
+    survey = next(r.event for r in records if r.role == "survey" and r.event)
+    codec = AvroCodec(FileSchemaRegistry())
+    social = (b"nul-post", codec.encode(SOCIAL, dict(post, event_id="nul-post",
+                                                     author_handle="@kaputt\x00\x00")))
+    answer = (b"nul-survey", json.dumps(dict(survey, event_id="nul-survey",
+                                             touchpoint="deliv\x00ery")).encode())
+    wrong = (b"nul-score", json.dumps(dict(survey, event_id="nul-score",
+                                           score="ze\x00ro")).encode())
+    return social, answer, wrong
+
+
 @pytest.fixture(scope="module")
 def stream(broker):
-    """~400 generated events (with malformed, duplicate and late ones) in fresh topics."""
+    """~400 generated events (with malformed, duplicate and late ones) and NUL_EVENTS events
+    with a NUL character in fresh topics."""
     from cx360.pipelines.topics_cmd import create_topics
     from cx360.transforms.kafka_io import KafkaConfig
 
@@ -94,8 +120,11 @@ def stream(broker):
     records = list(generate(GeneratorConfig(seed=11, events=400, start_ms=start,
                                             duration_s=8 * HOUR, malformed=0.02,
                                             duplicates=0.02, late=0.05, now_ms=now)))
+    social_nul, *survey_nul = nul_records(records)
+    extra = {"social": [social_nul], "survey": survey_nul, "web": []}
     for role in ("social", "web", "survey"):
-        produce(kafka, topics[role], [(r.key, r.value) for r in records if r.role == role])
+        produce(kafka, topics[role],
+                [(r.key, r.value) for r in records if r.role == role] + extra[role])
     return topics
 
 
@@ -127,7 +156,24 @@ def test_every_backend_reads_counts_and_writes_the_same_as_duckdb(runs, other):
     assert got["topics"] == ref["topics"]
     assert got["rows_written"] == ref["rows_written"]
     assert got["rows_rejected"] == {}
-    assert sum(v["read"] for v in ref["topics"].values()) == 400
+    assert sum(v["read"] for v in ref["topics"].values()) == 400 + NUL_EVENTS
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres", "bigquery"])
+def test_a_nul_character_makes_a_dead_letter_not_a_failed_batch(runs, backend):
+    with open_warehouse(runs[backend][0], read_only=True) as wh:
+        rows = wh.query("SELECT stage, reason, detail FROM dead_letters "
+                        "WHERE detail LIKE '%NUL character%' OR detail LIKE '%<ze%ro>%' "
+                        "ORDER BY detail")
+        stored = wh.query("SELECT count(*) FROM customer_touchpoints "
+                          "WHERE event_id IN ('nul-post', 'nul-survey')")
+    assert rows == [
+        ("validate", "invalid_value", "author_handle contains a NUL character (U+0000)"),
+        # the detail shows the NUL as the four characters \x00
+        ("decode", "schema_violation", "cx360.events.SurveyEvent.score is <ze\\x00ro> of type "
+                                       "<class 'str'> expected int"),
+        ("validate", "invalid_value", "touchpoint contains a NUL character (U+0000)")]
+    assert stored == [(0,)]
 
 
 @pytest.mark.parametrize("other", ["postgres", "bigquery"])
