@@ -187,6 +187,36 @@ def test_replace_upserts_by_key(sink):
         ("t/0/1", "third", b"\x00\xff"), ("t/0/2", "other", b"\x00\xff")]
 
 
+@pytest.mark.services
+def test_rows_bigquery_refuses_become_dead_letters_not_a_failing_bundle(bigquery_sink):
+    """A bundle that raised would be retried for ever by a streaming runner."""
+    import json
+
+    from cx360.transforms.warehouse.panes import UpsertPanesFn
+
+    url, wh = bigquery_sink
+    wh.query(" ".join(f"DELETE FROM `{spec.name}` WHERE TRUE;" for spec in SINK_SPECS))
+    fn = UpsertPanesFn(url, EVENT_COUNT_PANES.name, "panes")
+    fn.setup()
+    good, older = count_row(5, 1), count_row(2, 0, brand="Sturmflut")
+    bad = dict(count_row(7, 1, brand="Sturmflut"), events="many")  # no INT64
+    for attempt in range(2):  # the second bundle is a retry of the first
+        fn.start_bundle()
+        for row in (good, older, bad):
+            fn.process(row)
+        fn.finish_bundle()
+        # Sturmflut's newest pane was refused; its older pane is stale, so not written either.
+        assert rows(wh, "SELECT brand, events, pane_index FROM event_counts") == [
+            ("Nordwind", 5, 1)]
+        [(dl_id, stage, reason, detail, topic, value)] = wh.query(
+            "SELECT dead_letter_id, stage, reason, detail, topic, value FROM dead_letters")
+        assert (stage, reason, topic) == ("write", "bigquery:invalid", "warehouse:event_counts")
+        assert dl_id.startswith("write/event_counts/")
+        assert detail == "Cannot convert value to integer (bad value): many"
+        assert (json.loads(value)["brand"], json.loads(value)["events"]) == ("Sturmflut", "many")
+    fn.teardown()
+
+
 def test_concurrent_writers_keep_the_newest_pane(sink):
     """Writers on their own connections, each writing panes of the same keys in a random
     order at the same time: the newest pane of every key wins (PostgreSQL: the ON CONFLICT

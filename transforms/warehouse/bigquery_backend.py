@@ -173,7 +173,7 @@ class RejectedRowsError(WarehouseError):
                          f"first in {first.table}: {first.message}")
 
 
-def rejected_to_dead_letters(rejected: Iterable[RejectedRow], batch_id: str,
+def rejected_to_dead_letters(rejected: Iterable[RejectedRow], batch_id: str | None,
                              failed_at_ms: int) -> list[dict]:
     """``dead_letters`` rows (spec DEAD_LETTERS) for rows the warehouse refused: stage 'write',
     reason ``bigquery:<reason>``, detail = BigQuery's message, value = the row as JSON. A row

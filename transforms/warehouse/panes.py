@@ -340,9 +340,37 @@ def shared_warehouse(url: str, table: str) -> Warehouse:
         return warehouse
 
 
+def upsert_or_dead_letter(warehouse: Warehouse, table: str, rows: list[dict], mode: str
+                          ) -> tuple[int, int]:
+    """:func:`upsert` of ``rows`` into the streaming ``table``; rows the warehouse refuses one
+    by one (BigQuery: ``RejectedRowsError``) become ``dead_letters`` rows (stage ``write``,
+    BigQuery's reason and message, the row as JSON; see ``rejected_to_dead_letters``) and the
+    rest is written again without them. Returns (rows written, rows rejected).
+
+    A bundle that raised instead would be retried for ever by a streaming runner. Rejections of
+    ``dead_letters`` rows themselves still raise: they are cx360's own rows, so a rejection is a
+    bug to fix, not input to divert. The dead letters are written first and their ids are
+    stable (``write/<table>/<insertId>``), so a retry after a crash in between rewrites the
+    same ones."""
+    spec = PANE_TABLES[table]
+    try:
+        return upsert(warehouse, spec, rows, mode), 0
+    except WarehouseError as exc:
+        rejected = getattr(exc, "rejected", None)
+        if not rejected or table == DEAD_LETTERS.name:
+            raise
+    from cx360.transforms.warehouse.bigquery_backend import rejected_to_dead_letters
+
+    upsert(warehouse, DEAD_LETTERS, rejected_to_dead_letters(
+        rejected, batch_id=None, failed_at_ms=int(time.time() * 1000)), "replace")
+    refused = {tuple(r.row.get(k) for k in spec.key) for r in rejected}
+    rest = [row for row in rows if tuple(row.get(k) for k in spec.key) not in refused]
+    return upsert(warehouse, spec, rest, mode), len(rejected)
+
+
 class UpsertPanesFn(beam.DoFn):
     """Rows in; at the end of each bundle, one replace-upsert transaction of the bundle's
-    rows. The warehouse client is opened in ``setup`` (never pickled) and shared by the
+    rows (rows the warehouse refuses: see :func:`upsert_or_dead_letter`). The warehouse client is opened in ``setup`` (never pickled) and shared by the
     writers of one process (see :func:`shared_warehouse`)."""
 
     def __init__(self, warehouse_url: str, table: str, mode: str):
@@ -358,6 +386,8 @@ class UpsertPanesFn(beam.DoFn):
 
     def setup(self):
         self._warehouse = shared_warehouse(self.warehouse_url, self.table)
+        if self.table != DEAD_LETTERS.name:  # where rows the warehouse refuses go
+            shared_warehouse(self.warehouse_url, DEAD_LETTERS.name)
 
     def start_bundle(self):
         self._rows = []
@@ -368,8 +398,12 @@ class UpsertPanesFn(beam.DoFn):
 
     def finish_bundle(self):
         if self._rows:
-            written = upsert(self._warehouse, PANE_TABLES[self.table], self._rows, self.mode)
+            written, rejected = upsert_or_dead_letter(self._warehouse, self.table, self._rows,
+                                                      self.mode)
             Metrics.counter("cx360.write", f"rows_written:{self.table}").inc(written)
+            if rejected:
+                Metrics.counter("cx360.write", f"rows_rejected:{self.table}").inc(rejected)
+                Metrics.counter("cx360.write", "rows_written:dead_letters").inc(rejected)
             self._rows = []
 
     def teardown(self):
