@@ -142,7 +142,8 @@ class StreamingKpis(beam.PTransform):
     timestamp); out: ``event_counts`` rows (global window) and ``event_counts_windows``
     ({family label: windowed rows}) for the fixed families, ``kpi_tables`` ({table: rows in
     the global window}: the CX KPI component tables per pane and the fact tables per event),
-    ``web_sessions`` rows and ``web_sessions_windows``, ``events`` (unique, timestamped) and
+    ``web_sessions`` rows and ``web_sessions_windows``, ``events`` (unique, timestamped),
+    ``scored`` (``(event, sentiment score or None)``, each text scored once) and
     ``dead_letters``."""
 
     def __init__(self, settings: StreamingSettings):
@@ -157,7 +158,8 @@ class StreamingKpis(beam.PTransform):
             dedupe_horizon_s=s.dedupe_horizon_s, gate_step_s=s.gate_step_s,
             gate_idle_steps=s.gate_idle_steps, fixed_now_ms=s.fixed_now_ms)
         out = {"events": stream["events"], "dead_letters": stream["dead_letters"]}
-        scored = stream["events"] | "ScoreSentiment" >> beam.ParDo(ScoreSentimentFn())
+        scored = out["scored"] = (stream["events"]
+                                  | "ScoreSentiment" >> beam.ParDo(ScoreSentimentFn()))
         facts = scored | "KpiFacts" >> beam.ParDo(KpiFactsFn()).with_outputs(*FACT_TABLES)
         kpi_tables = {table: facts[table] for table in FACT_TABLES}
         if plan.families:
@@ -352,7 +354,7 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     _ = health | "WriteHealth" >> UpsertPanes(url, HEALTH_PANES.name, "panes")
     out["health"] = health
     if settings.identity:
-        identity = out["events"] | "StreamIdentities" >> StreamIdentities(
+        identity = out["scored"] | "StreamIdentities" >> StreamIdentities(
             url, settings.identity_interval_s, settings.erasure_refresh_s)
         _ = identity["touchpoints"] | "WriteTouchpoints" >> UpsertPanes(
             url, CUSTOMER_TOUCHPOINTS.name, "replace")

@@ -210,9 +210,9 @@ def test_rows_bigquery_refuses_become_dead_letters_not_a_failing_bundle(bigquery
             ("Nordwind", 5, 1)]
         [(dl_id, stage, reason, detail, topic, value)] = wh.query(
             "SELECT dead_letter_id, stage, reason, detail, topic, value FROM dead_letters")
-        assert (stage, reason, topic) == ("write", "bigquery:invalid", "warehouse:event_counts")
+        assert (stage, reason, topic) == ("write", "warehouse_rejected", "warehouse:event_counts")
         assert dl_id.startswith("write/event_counts/")
-        assert detail == "Cannot convert value to integer (bad value): many"
+        assert detail == "BigQuery invalid: Cannot convert value to integer (bad value): many"
         assert (json.loads(value)["brand"], json.loads(value)["events"]) == ("Sturmflut", "many")
     fn.teardown()
 

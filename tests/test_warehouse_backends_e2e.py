@@ -268,8 +268,8 @@ def test_the_sink_turns_rows_bigquery_rejects_into_dead_letters(bigquery_emulato
         assert wh.query("SELECT brand, events FROM event_counts") == [("b", 2)]
         [(stage, reason, detail, topic, value)] = wh.query(
             "SELECT stage, reason, detail, topic, value FROM dead_letters")
-        assert (stage, reason, topic) == ("write", "bigquery:invalid", "warehouse:event_counts")
-        assert detail == "Cannot convert value to integer (bad value): many"
+        assert (stage, reason, topic) == ("write", "warehouse_rejected", "warehouse:event_counts")
+        assert detail == "BigQuery invalid: Cannot convert value to integer (bad value): many"
         assert json.loads(value)["brand"] == "c" and json.loads(value)["events"] == "many"
         assert [b.status for b in wh.batches()] == ["applied"]
     finally:

@@ -365,7 +365,8 @@ def test_bigquery_hands_back_a_bad_row_with_its_message_for_the_dead_letters(bq,
     assert bq.query("SELECT brand, events FROM event_counts") == [("b", 2)]
     [(stage, reason, detail, value)] = bq.query(
         "SELECT stage, reason, detail, value FROM dead_letters")
-    assert (stage, reason, detail) == ("write", "bigquery:invalid", message)
+    assert (stage, reason, detail) == (
+        "write", "warehouse_rejected", f"BigQuery invalid: {message}")
     assert json.loads(value)["events"] == "many"
     assert [b.status for b in bq.batches()] == ["applied"]
 

@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from cx360.transforms.decode import pack_events, unpack_events
 from cx360.transforms.identity import (IdentityRules, WarehouseGraphStore, event_links,
                                        is_erased, stitch, touchpoint_row)
-from cx360.transforms.kpis import VOICE_TYPES
+from cx360.transforms.kpis import score_event
 
 RULES_ENV = "CX360_IDENTITY_MAX_ACCOUNTS"
 
@@ -30,18 +30,12 @@ def rules_from_env() -> IdentityRules:
 
 
 def touchpoint_rows(events: Iterable[dict], scorer) -> list[dict]:
-    """Touchpoint facts of events with a customer identifier (the scorer caches texts, so the
-    KPI step's scoring of the same text is not repeated)."""
+    """Touchpoint facts of events with a customer identifier, with the sentiment of the same
+    texts the KPIs score (:func:`score_event`; the scorer caches texts, so the KPI step's
+    scoring of the same text is not repeated)."""
     rows = []
     for event in events:
-        text = None
-        if event["_role"] == "social" and event["event_type"] in VOICE_TYPES and not event.get(
-                "author_is_brand"):
-            text = event.get("text")
-        elif event["_role"] == "survey":
-            text = event.get("comment")
-        score = scorer.score(text, event.get("lang")) if text and text.strip() else None
-        row = touchpoint_row(event, score)
+        row = touchpoint_row(event, score_event(event, scorer))
         if row is not None:
             rows.append(row)
     return rows

@@ -4,8 +4,9 @@ transforms/identity.py, the state design in docs/identity.md ("Production stream
 * :class:`DropErasedStreamFn` drops events carrying an identifier erased by ``cx360 forget``.
   The erasure list is re-read from the warehouse every ``refresh_s`` seconds per worker (a
   streaming job never restarts, so a list read once would never learn of new erasures).
-* :class:`StreamTouchpointsFn` turns each event into its ``customer_touchpoints`` fact (the
-  same rows as micro-batch mode), written by the replace-upsert sink: keyed by event id and
+* :func:`stream_touchpoint` turns each event into its ``customer_touchpoints`` fact (the
+  same rows as micro-batch mode) with the sentiment score the KPI branch computed for it (a
+  text is scored once per job), written by the replace-upsert sink: keyed by event id and
   deterministic, so a retried bundle rewrites the same row.
 * :class:`StitchStreamFn` is a stateful DoFn on ONE key (the whole graph): links are buffered
   in ``BagState``; an event-time timer at the end of the link's flush interval
@@ -32,8 +33,8 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from apache_beam.utils.timestamp import Timestamp
 
 from cx360.transforms.identity import (IdentityRules, WarehouseGraphStore, event_links,
-                                       is_erased, stitch)
-from cx360.transforms.identity_steps import rules_from_env, touchpoint_rows
+                                       is_erased, stitch, touchpoint_row)
+from cx360.transforms.identity_steps import rules_from_env
 from cx360.transforms.warehouse.spec import CUSTOMER_TOUCHPOINTS, IDENTITY_TABLES
 
 #: The order a flush writes its tables in: merges before the map, so that a flush that fails
@@ -75,21 +76,18 @@ class DropErasedStreamFn(beam.DoFn):
         self._erasures = _ErasureList(_warehouse(self.warehouse_url), self.refresh_s)
         self._dropped = Metrics.counter("cx360.identity", "erased_events_dropped")
 
-    def process(self, event: dict) -> Iterator[dict]:
-        if is_erased(event, self._erasures.get()):
+    def process(self, scored: tuple[dict, dict | None]) -> Iterator[tuple[dict, dict | None]]:
+        if is_erased(scored[0], self._erasures.get()):
             self._dropped.inc()
             return
-        yield event
+        yield scored
 
 
-class StreamTouchpointsFn(beam.DoFn):
-    def setup(self):
-        from cx360.transforms.sentiment import SentimentScorer
-
-        self._scorer = SentimentScorer()
-
-    def process(self, event: dict) -> Iterator[dict]:
-        yield from touchpoint_rows([event], self._scorer)
+def stream_touchpoint(scored: tuple[dict, dict | None]) -> list[dict]:
+    """``(event, its sentiment score)`` -> its ``customer_touchpoints`` row, if it has a
+    customer identifier."""
+    row = touchpoint_row(*scored)
+    return [row] if row is not None else []
 
 
 class StitchStreamFn(beam.DoFn):
@@ -149,9 +147,10 @@ class StitchStreamFn(beam.DoFn):
 
 
 class StreamIdentities(beam.PTransform):
-    """Unique, timestamped events -> erased ones dropped; ``customer_touchpoints`` rows out
-    (``touchpoints``) and the identity tables written by the stitching step (``stitched``:
-    (flush id, table, rows written) per flush and table). ``events``: the events that were kept."""
+    """Unique, timestamped ``(event, sentiment score)`` pairs (the KPI branch's ``scored``) ->
+    erased ones dropped; ``customer_touchpoints`` rows out (``touchpoints``) and the identity
+    tables written by the stitching step (``stitched``: (flush id, table, rows written) per
+    flush and table). ``events``: the events that were kept."""
 
     def __init__(self, warehouse_url: str, interval_s: int = 60, erasure_refresh_s: float = 60,
                  rules: IdentityRules | None = None):
@@ -161,13 +160,14 @@ class StreamIdentities(beam.PTransform):
         self.erasure_refresh_s = erasure_refresh_s
         self.rules = rules
 
-    def expand(self, events):
-        kept = events | "DropErased" >> beam.ParDo(
+    def expand(self, scored):
+        kept = scored | "DropErased" >> beam.ParDo(
             DropErasedStreamFn(self.warehouse_url, self.erasure_refresh_s))
-        touchpoints = kept | "Touchpoints" >> beam.ParDo(StreamTouchpointsFn())
-        stitched = (kept
+        touchpoints = kept | "Touchpoints" >> beam.FlatMap(stream_touchpoint)
+        events = kept | "Events" >> beam.Map(lambda pair: pair[0])
+        stitched = (events
                     | "Links" >> beam.FlatMap(lambda e: [(GRAPH_KEY, link)
                                                          for link in event_links(e)])
                     | "Stitch" >> beam.ParDo(StitchStreamFn(
                         self.warehouse_url, self.interval_s, self.rules)))
-        return {"events": kept, "touchpoints": touchpoints, "stitched": stitched}
+        return {"events": events, "touchpoints": touchpoints, "stitched": stitched}

@@ -176,7 +176,8 @@ class RejectedRowsError(WarehouseError):
 def rejected_to_dead_letters(rejected: Iterable[RejectedRow], batch_id: str | None,
                              failed_at_ms: int) -> list[dict]:
     """``dead_letters`` rows (spec DEAD_LETTERS) for rows the warehouse refused: stage 'write',
-    reason ``bigquery:<reason>``, detail = BigQuery's message, value = the row as JSON. A row
+    reason ``warehouse_rejected``, detail = ``BigQuery <its reason>: <its message>``, value = the
+    row as JSON. A row
     that came from no Kafka record has topic ``warehouse:<table>`` and partition/offset -1; the id
     is ``write/<table>/<insertId>`` so a re-run replaces rather than duplicates it."""
     out = []
@@ -185,7 +186,8 @@ def rejected_to_dead_letters(rejected: Iterable[RejectedRow], batch_id: str | No
             "dead_letter_id": f"write/{r.table}/{r.row_id}", "topic": f"warehouse:{r.table}",
             "partition": -1, "offset": -1, "kafka_timestamp": None, "key": None,
             "value": json.dumps(_plain(r.row), sort_keys=True).encode(), "stage": "write",
-            "reason": f"bigquery:{r.reason}", "detail": r.message, "schema_id": None,
+            "reason": "warehouse_rejected", "detail": f"BigQuery {r.reason}: {r.message}",
+            "schema_id": None,
             "batch_id": batch_id, "failed_at": failed_at_ms})
     return out
 
