@@ -7,8 +7,9 @@
 The identifier may be a raw e-mail or phone number (normalised and hashed exactly as at
 ingestion, so the raw value is never stored), an account id, a cookie id, a social handle or
 a typed identifier (``em:<hash>``). The command finds the customer's component, deletes its
-identity rows (map, links, merges), its touchpoint facts, its web events and its inbound
-posts in one transaction, and records every erased identifier in ``erasures``; later runs
+identity rows (map, links, merges), its touchpoint facts, its web events, its streamed web
+sessions and its inbound posts, redacts its dead letters (key, value and a detail quoting it)
+in one transaction, and records every erased identifier in ``erasures``; later runs
 and replays drop events carrying an erased identifier. Works on every warehouse backend
 (DuckDB, PostgreSQL, BigQuery). On DuckDB run it while no pipeline writes (one writer per
 file). Exit 0 when something was erased, 1 when nothing
@@ -71,7 +72,7 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
     Backend-neutral (DuckDB, PostgreSQL, BigQuery): look-ups go through ``select_where_in``
     and plain SQL, the deletions and the erasure records through ONE
     ``Warehouse.execute_transaction``, so a failure erases nothing."""
-    from cx360.transforms.identity import ACCOUNT, ANONYMOUS_KEY, implicit_key
+    from cx360.transforms.identity import ACCOUNT, ANONYMOUS_KEY, HANDLE, implicit_key
     from cx360.transforms.warehouse.spec import TABLES
 
     warehouse.ensure_tables(TABLES.values())
@@ -98,6 +99,7 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
     ids = sorted(identifiers)
     accounts = [i.split(":", 1)[1] for i in ids if i.startswith("acct:")]
     cookies = [i.split(":", 1)[1] for i in ids if i.startswith("ck:")]
+    handles = [i.split(":", 2)[2] for i in ids if i.startswith(f"{HANDLE}:")]
     key_list = sorted(keys)
 
     def marks(values) -> str:
@@ -112,6 +114,10 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
         statements.append(("web_events", f"DELETE FROM web_events WHERE account_id IN "
                            f"({marks(accounts)}) OR cookie_id IN ({marks(cookies)})",
                            accounts + cookies))
+    if cookies and warehouse.has_table("stream_web_sessions"):  # written by `cx360 stream`
+        statements.append(("stream_web_sessions", "DELETE FROM stream_web_sessions WHERE "
+                           f"cookie_id IN ({marks(cookies)})", cookies))
+    statements += _dead_letter_statements(warehouse, accounts + cookies + handles)
     statements += [
         ("identity_links", f"DELETE FROM identity_links WHERE id_a IN ({marks(ids)}) "
          f"OR id_b IN ({marks(ids)})", ids + ids),
@@ -129,9 +135,44 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
     for (table, _, _), n in zip(statements, counts):
         deleted[table] = deleted.get(table, 0) + n
     recorded = deleted.pop("erasures", 0)
+    redacted = deleted.pop(REDACTED, 0)
     return {"identifier_types": sorted({i.split(":")[0] for i in ids}),
             "customers": len(keys), "identifiers": len(ids), "erasures_recorded": recorded,
-            "deleted": deleted}
+            "deleted": deleted, "dead_letters_redacted": redacted}
+
+
+#: The label of the dead-letter statement (it redacts rows, it deletes none).
+REDACTED = "dead_letters redacted"
+ERASED_DETAIL = "erased by cx360 forget"
+
+
+def _dead_letter_statements(warehouse, raw_ids: list[str]) -> list[tuple[str, str, list]]:
+    """Dead letters keep the record's key and value unless they hold an e-mail or phone
+    (docs/identity.md), so a rejected event of this customer still shows their account id,
+    cookie or handle. Those rows keep where they came from, stage and reason (counts still
+    reconcile; the dead-letter topic keeps the bytes for replay, and replays drop erased
+    identifiers) but lose key, value, their hashes and a detail that quotes the customer.
+    Matching is a case-insensitive substring search, so a short handle can also redact
+    another customer's dead letter: lost debugging detail, never kept personal data."""
+    needles = sorted({raw.lower() for raw in raw_ids if raw})
+    if not needles:
+        return []
+
+    def in_text(column: str) -> tuple[str, list]:
+        return " OR ".join(f"strpos(lower({column}), ?) > 0" for _ in needles), needles
+
+    def in_bytes(column: str) -> tuple[str, list]:
+        parts = [warehouse.bytes_contain(column, n) for n in needles]
+        return " OR ".join(sql for sql, _ in parts), [p for _, params in parts for p in params]
+
+    detail_sql, detail_params = in_text("detail")
+    where = [in_bytes("key"), in_bytes("value"), in_text("value_redacted"), in_text("detail")]
+    sql = ("UPDATE dead_letters SET key = NULL, value = NULL, value_redacted = NULL, "
+           "key_sha256 = NULL, value_sha256 = NULL, "
+           f"detail = CASE WHEN {detail_sql} THEN ? ELSE detail END WHERE "
+           + " OR ".join(f"({cond})" for cond, _ in where))
+    return [(REDACTED, sql, detail_params + [ERASED_DETAIL]
+             + [p for _, params in where for p in params])]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     elif report["customers"]:
         print(f"erased {report['customers']} customer(s): {report['identifiers']} identifiers "
               f"({', '.join(report['identifier_types'])}); rows deleted: "
-              + ", ".join(f"{t} {n}" for t, n in sorted(report["deleted"].items())))
+              + ", ".join(f"{t} {n}" for t, n in sorted(report["deleted"].items()))
+              + f"; dead letters redacted: {report['dead_letters_redacted']}")
     else:
         print("nothing to erase: no customer has that identifier")
     return 0 if report["customers"] else 1

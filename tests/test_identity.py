@@ -317,8 +317,7 @@ def warehouse_url(request, tmp_path):
     return f"bigquery://{emulator.project}/{name}?endpoint={emulator.endpoint}", {}
 
 
-def _wh_query(url, env, sql, params=()):
-    """Read from the warehouse behind ``url`` (``?`` placeholders on every backend)."""
+def _wh_open(url, env):
     import os
 
     from cx360.transforms.warehouse import open_warehouse
@@ -326,10 +325,15 @@ def _wh_query(url, env, sql, params=()):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        warehouse = open_warehouse(url)
+        return open_warehouse(url)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _wh_query(url, env, sql, params=()):
+    """Read from the warehouse behind ``url`` (``?`` placeholders on every backend)."""
+    warehouse = _wh_open(url, env)
     try:
         if warehouse.paramstyle == "format":
             sql = sql.replace("?", "%s")
@@ -348,12 +352,55 @@ def _run_on(topics, url, env, kafka, *extra):
     return done
 
 
+def _rejected_events():
+    """Dead letters that name a customer without an e-mail or phone, so the warehouse keeps
+    their bytes: Anna's order with a negative value, a JSON post of hers whose wrong-typed
+    reach quotes her handle in another case (the detail quotes it too), a login with her
+    e-mail (withheld; value_redacted still shows her account) and Bob's broken order."""
+    anna_order = web("d1", 6, "order", "ck-anna-phone", "s1", ANNA, order_id="ORD-X",
+                     order_value=-1.0, currency="EUR")
+    anna_post = {"event_id": "d2", "event_type": "post", "event_time": at(21),
+                 "platform": "instagram", "brand": "Kaffino", "author_handle": "@Anna_K",
+                 "post_id": "ig-2", "aimed_at_brand": True, "text": "immer noch nix",
+                 "reach": "@Anna_K"}
+    anna_login = web("d3", 7, "teleport", "ck-anna-phone", "s1", ANNA,
+                     email="anna.k@example.org")
+    bob_order = web("d4", 33, "order", "ck-tablet", "s3", BOB, order_id="ORD-Y",
+                    order_value=-2.0, currency="EUR")
+    return {"web": [(b"d1", CODEC.encode(WEB, anna_order)), (b"d3", CODEC.encode(WEB, anna_login)),
+                    (b"d4", CODEC.encode(WEB, bob_order))],
+            "social": [(b"d2", json.dumps(anna_post).encode())]}
+
+
 def test_forget_erases_the_profile_on_every_backend_and_replays_do_not_restore_it(
         kafka, topics, warehouse_url):
+    from cx360.transforms.warehouse.panes import WEB_SESSIONS, prepare, upsert
+
     url, env = warehouse_url
     _produce(kafka, topics, BATCH1)
     _produce(kafka, topics, BATCH2)
+    for kind, records in _rejected_events().items():
+        produce(kafka, topics[kind], records, partition=0)
     _run_on(topics, url, env, kafka)
+    dead = "SELECT dead_letter_id, reason, key, value, value_redacted, value_sha256, detail " \
+        "FROM dead_letters"
+    before = {bytes(r[2]).decode(): r for r in _wh_query(url, env, dead)}   # by Kafka key
+    assert {k: r[1] for k, r in before.items()} == {
+        "d1": "invalid_value", "d2": "schema_violation", "d3": "invalid_value",
+        "d4": "invalid_value"}
+    assert "@Anna_K" in before["d2"][6]                        # the detail quotes her handle
+    assert before["d3"][3] is None and ANNA in before["d3"][4]  # e-mail withheld, account not
+    # A streaming deployment's sessions of her phone and of the shared tablet.
+    warehouse = _wh_open(url, env)
+    try:
+        prepare(warehouse, [WEB_SESSIONS])
+        upsert(warehouse, WEB_SESSIONS, [
+            {"brand": "Kaffino", "cookie_id": cookie, "session_start": at(start),
+             "session_end": at(start + 40), "last_event_at": at(start + 10), "events": 3,
+             "pane_index": 0, "pane_timing": "ON_TIME", "generation": 1}
+            for cookie, start in (("ck-anna-phone", 0), ("ck-tablet", 10))], "sessions")
+    finally:
+        warehouse.close()
     # Anna's component (worked out in the module docstring): her account, the phone and laptop
     # cookies, her e-mail, her phone and the instagram handle; the tablet is shared (own key).
     anna_ids = sorted(["acct:" + ANNA, "ck:ck-anna-phone", "ck:ck-anna-laptop",
@@ -376,7 +423,19 @@ def test_forget_erases_the_profile_on_every_backend_and_replays_do_not_restore_i
     assert (report["customers"], report["identifiers"], report["erasures_recorded"]) == (1, 6, 6)
     assert report["deleted"] == {"customer_touchpoints": 8, "inbound_posts": 1,
                                  "web_events": 6, "identity_links": 6, "identity_map": 6,
-                                 "identity_merges": 0}
+                                 "identity_merges": 0, "stream_web_sessions": 1}
+    # The tablet is shared (its own profile), so only the phone's session goes.
+    assert _wh_query(url, env, "SELECT cookie_id FROM stream_web_sessions") == [("ck-tablet",)]
+    # Her three dead letters keep where they came from and why, nothing that names her;
+    # Bob's is untouched.
+    assert report["dead_letters_redacted"] == 3
+    after = {r[0]: r for r in _wh_query(url, env, dead)}
+    assert sorted(after) == sorted(r[0] for r in before.values())
+    for name, detail in (("d1", before["d1"][6]), ("d2", "erased by cx360 forget"),
+                         ("d3", before["d3"][6])):
+        assert after[before[name][0]] == (before[name][0], before[name][1], None, None, None,
+                                          None, detail), name
+    assert after[before["d4"][0]] == before["d4"] and BOB.encode() in bytes(before["d4"][3])
     assert sorted(_wh_query(url, env, "SELECT identifier, customer_key FROM erasures")) == \
         [(i, ANNA) for i in anna_ids]
     if url.startswith("duckdb:"):   # the read-only BI snapshot was published again, without her

@@ -112,6 +112,20 @@ class Warehouse(ABC):
         """SQL for a TIMESTAMP column as epoch milliseconds (BIGINT) in this dialect."""
         return f"epoch_ms({column})"
 
+    def bytes_contain(self, column: str, needle: str) -> tuple[str, list]:
+        """(SQL condition with ``?`` placeholders, its parameters): the BYTES ``column``
+        contains the UTF-8 bytes of ``needle``, ASCII letters in any case (an Avro or JSON
+        event naming an account, cookie or handle). DuckDB: the blob as text (bytes outside
+        printable ASCII as ``\\xNN``) and the needle escaped the same way."""
+        return (f"strpos(lower(CAST({column} AS VARCHAR)), "
+                "lower(CAST(CAST(? AS BLOB) AS VARCHAR))) > 0", [needle.encode()])
+
+    def has_table(self, name: str) -> bool:
+        """Whether the table exists (the streaming-only tables exist only where ``cx360
+        stream`` wrote)."""
+        return bool(self.query("SELECT count(*) FROM information_schema.tables "
+                               "WHERE table_name = ?", [name])[0][0])
+
     @abstractmethod
     def close(self) -> None:
         ...

@@ -998,6 +998,20 @@ SELECT {written or len(items)} AS written;"""
     def epoch_ms_sql(self, column: str) -> str:
         return f"UNIX_MILLIS({column})"
 
+    def bytes_contain(self, column: str, needle: str) -> tuple[str, list]:
+        # The hex of the column against a pattern of the needle's bytes at a byte boundary,
+        # each ASCII letter in either case. (The emulator has no LOWER(BYTES) and turns a
+        # value that is not UTF-8, as Avro often is, into NULL in SAFE_CONVERT_BYTES_TO_STRING.)
+        parts = []
+        for byte in needle.encode():
+            char = chr(byte)
+            parts.append(f"(?:{ord(char.upper()):02x}|{ord(char.lower()):02x})"
+                         if char.isascii() and char.isalpha() else f"{byte:02x}")
+        return f"REGEXP_CONTAINS(TO_HEX({column}), ?)", ["^(?:..)*?" + "".join(parts)]
+
+    def has_table(self, name: str) -> bool:
+        return name in self._listed_tables()
+
     def quote(self, name: str) -> str:
         return bq_quote(name)
 

@@ -343,6 +343,16 @@ class PostgresWarehouse(Warehouse):
     def epoch_ms_sql(self, column: str) -> str:
         return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
 
+    def bytes_contain(self, column: str, needle: str) -> tuple[str, list]:
+        # 'escape' writes bytes outside printable ASCII as \ooo, the needle the same way
+        return (f"strpos(lower(encode({column}, 'escape')), "
+                "lower(encode(CAST(? AS bytea), 'escape'))) > 0", [needle.encode()])
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.query("SELECT count(*) FROM information_schema.tables WHERE "
+                               "table_schema = current_schema() AND table_name = %s",
+                               [name])[0][0])
+
     def query_records(self, sql: str, params: Sequence = ()) -> list[dict]:
         with self._lock, self.conn.cursor() as cur:
             cur.execute(sql, list(params) if params else None)
