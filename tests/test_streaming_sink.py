@@ -189,7 +189,7 @@ def test_replace_upserts_by_key(sink):
 
 @pytest.mark.services
 def test_rows_bigquery_refuses_become_dead_letters_not_a_failing_bundle(bigquery_sink):
-    """A bundle that raised would be retried for ever by a streaming runner."""
+    """A batch that raised would be retried for ever by a streaming runner."""
     import json
 
     from cx360.transforms.warehouse.panes import UpsertPanesFn
@@ -200,11 +200,8 @@ def test_rows_bigquery_refuses_become_dead_letters_not_a_failing_bundle(bigquery
     fn.setup()
     good, older = count_row(5, 1), count_row(2, 0, brand="Sturmflut")
     bad = dict(count_row(7, 1, brand="Sturmflut"), events="many")  # no INT64
-    for attempt in range(2):  # the second bundle is a retry of the first
-        fn.start_bundle()
-        for row in (good, older, bad):
-            fn.process(row)
-        fn.finish_bundle()
+    for attempt in range(2):  # the second batch is a retry of the first
+        list(fn.process((EVENT_COUNT_PANES.name, [good, older, bad])))
         # Sturmflut's newest pane was refused; its older pane is stale, so not written either.
         assert rows(wh, "SELECT brand, events, pane_index FROM event_counts") == [
             ("Nordwind", 5, 1)]
@@ -360,3 +357,30 @@ def test_stream_command_passes_shared_warehouses_through_without_printing_a_pass
     assert "dry run: DataflowRunner job built" in out.out
     assert "s3cret" not in out.out + out.err
     assert "is a file on one machine" not in out.err  # the DuckDB warning only for DuckDB
+
+
+def test_the_sink_writes_a_table_in_batches_of_at_most_batch_rows(tmp_path):
+    """7 rows of one table with batch_rows=3: batches of 3, 3 and 1 (three transactions),
+    every row written once."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from cx360.pipelines.job import local_options
+    from cx360.transforms.warehouse.panes import UpsertPanes
+
+    url = f"duckdb:{tmp_path}/w.duckdb?snapshot=off"
+    warehouse = open_warehouse(url)
+    prepare(warehouse, [DEAD_LETTERS])
+    warehouse.close()
+    pipeline = beam.Pipeline(options=local_options())
+    _ = (pipeline
+         | beam.Create([dead_letter(f"t/0/{i}", f"row {i}") for i in range(7)])
+         | UpsertPanes(url, DEAD_LETTERS.name, "replace", batch_rows=3))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("cx360.write"))["counters"]}
+    assert counters == {"rows_written:dead_letters": 7, "batches:dead_letters": 3}
+    with open_warehouse(url) as warehouse:
+        assert rows(warehouse, "SELECT dead_letter_id FROM dead_letters") == [
+            (f"t/0/{i}",) for i in range(7)]

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from cx360.transforms.warehouse.base import Warehouse, WarehouseError
 from cx360.transforms.warehouse.spec import (
@@ -368,10 +369,17 @@ def upsert_or_dead_letter(warehouse: Warehouse, table: str, rows: list[dict], mo
     return upsert(warehouse, spec, rest, mode), len(rejected)
 
 
+#: The streaming sink writes a table's rows in batches of at most this many rows ...
+SINK_BATCH_ROWS = 10_000
+#: ... and at the latest this many seconds (processing time) after a batch's first row.
+SINK_BUFFER_S = 5
+
+
 class UpsertPanesFn(beam.DoFn):
-    """Rows in; at the end of each bundle, one replace-upsert transaction of the bundle's
-    rows (rows the warehouse refuses: see :func:`upsert_or_dead_letter`). The warehouse client is opened in ``setup`` (never pickled) and shared by the
-    writers of one process (see :func:`shared_warehouse`)."""
+    """``(table, rows)`` batches in (see :class:`UpsertPanes`); each batch is one
+    replace-upsert transaction (rows the warehouse refuses: see :func:`upsert_or_dead_letter`).
+    The warehouse client is opened in ``setup`` (never pickled) and shared by the writers of
+    one process (see :func:`shared_warehouse`)."""
 
     def __init__(self, warehouse_url: str, table: str, mode: str):
         if table not in PANE_TABLES:
@@ -382,40 +390,53 @@ class UpsertPanesFn(beam.DoFn):
         self.table = table
         self.mode = mode
         self._warehouse = None
-        self._rows: list[dict] = []
 
     def setup(self):
         self._warehouse = shared_warehouse(self.warehouse_url, self.table)
         if self.table != DEAD_LETTERS.name:  # where rows the warehouse refuses go
             shared_warehouse(self.warehouse_url, DEAD_LETTERS.name)
 
-    def start_bundle(self):
-        self._rows = []
-
-    def process(self, row: dict) -> Iterator[None]:
-        self._rows.append(row)
-        return iter(())
-
-    def finish_bundle(self):
-        if self._rows:
-            written, rejected = upsert_or_dead_letter(self._warehouse, self.table, self._rows,
+    def process(self, batch: tuple[str, Iterable[dict]]) -> Iterator[None]:
+        rows = list(batch[1])
+        if rows:
+            written, rejected = upsert_or_dead_letter(self._warehouse, self.table, rows,
                                                       self.mode)
             Metrics.counter("cx360.write", f"rows_written:{self.table}").inc(written)
+            Metrics.counter("cx360.write", f"batches:{self.table}").inc()
             if rejected:
                 Metrics.counter("cx360.write", f"rows_rejected:{self.table}").inc(rejected)
                 Metrics.counter("cx360.write", "rows_written:dead_letters").inc(rejected)
-            self._rows = []
+        return iter(())
 
     def teardown(self):
         self._warehouse = None  # shared: stays open for the other writers of the process
 
 
-class UpsertPanes(beam.PTransform):
-    """PCollection of rows -> replace-upserts into ``table`` (mode panes|sessions|replace)."""
+def _keyed(row: dict, table: str) -> tuple[str, dict]:
+    return table, row
 
-    def __init__(self, warehouse_url: str, table: str, mode: str):
+
+class UpsertPanes(beam.PTransform):
+    """PCollection of rows -> replace-upserts into ``table`` (mode panes|sessions|replace).
+
+    Rows are batched per table (``GroupIntoBatches`` on the table name in the global window:
+    at most ``batch_rows`` rows, flushed ``buffer_s`` seconds after a batch's first row at the
+    latest) and each batch is one transaction. Without it every bundle was one, and a
+    streaming runner's bundles are small and many: on BigQuery one DML job per bundle and
+    table, queued behind the table's sink lock. One key per table sends a table's writes to
+    one worker at a time, which the BigQuery sink lock serialises anyway."""
+
+    def __init__(self, warehouse_url: str, table: str, mode: str,
+                 batch_rows: int = SINK_BATCH_ROWS, buffer_s: float = SINK_BUFFER_S):
         super().__init__()
         self.fn = UpsertPanesFn(warehouse_url, table, mode)
+        self.batch_rows = batch_rows
+        self.buffer_s = buffer_s
 
     def expand(self, rows):
-        return rows | "Upsert" >> beam.ParDo(self.fn)
+        return (rows
+                | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+                | "ByTable" >> beam.Map(_keyed, self.fn.table)
+                | "Batch" >> beam.GroupIntoBatches(
+                    self.batch_rows, max_buffering_duration_secs=self.buffer_s)
+                | "Upsert" >> beam.ParDo(self.fn))
