@@ -31,7 +31,7 @@ from cx360.transforms.kpis import FACT_TABLES, event_facts, score_event
 from cx360.transforms.identity import redact_dead_letter
 from cx360.transforms.kafka_io import KafkaConfig, KafkaRecord, PartitionRange, unpack_records
 from cx360.transforms.kafka_source import ReadPartitionRangesFn
-from cx360.transforms.identity_stream import StreamIdentities
+from cx360.transforms.identity_stream import DropErasedStreamFn, StreamIdentities
 from cx360.transforms.stream_events import StreamEvents
 from cx360.transforms.stream_health import StreamHealth
 from cx360.transforms.validate import DEFAULT_MAX_FUTURE_MS
@@ -146,9 +146,10 @@ class StreamingKpis(beam.PTransform):
     ``scored`` (``(event, sentiment score or None)``, each text scored once) and
     ``dead_letters``."""
 
-    def __init__(self, settings: StreamingSettings):
+    def __init__(self, settings: StreamingSettings, drop_erased: bool = False):
         super().__init__()
         self.s = settings
+        self.drop_erased = drop_erased
 
     def expand(self, batches):
         s = self.s
@@ -157,21 +158,26 @@ class StreamingKpis(beam.PTransform):
             s.registry, s.topics, plan, max_future_ms=s.max_future_ms,
             dedupe_horizon_s=s.dedupe_horizon_s, gate_step_s=s.gate_step_s,
             gate_idle_steps=s.gate_idle_steps, fixed_now_ms=s.fixed_now_ms)
-        out = {"events": stream["events"], "dead_letters": stream["dead_letters"]}
-        scored = out["scored"] = (stream["events"]
-                                  | "ScoreSentiment" >> beam.ParDo(ScoreSentimentFn()))
+        events = stream["events"]
+        if self.drop_erased:
+            # As in micro-batch mode: events of erased customers (`cx360 forget`) reach no
+            # table, neither facts nor KPI components nor identity.
+            events = events | "DropErased" >> beam.ParDo(
+                DropErasedStreamFn(s.warehouse_url, s.erasure_refresh_s))
+        out = {"events": events, "dead_letters": stream["dead_letters"]}
+        scored = out["scored"] = events | "ScoreSentiment" >> beam.ParDo(ScoreSentimentFn())
         facts = scored | "KpiFacts" >> beam.ParDo(KpiFactsFn()).with_outputs(*FACT_TABLES)
         kpi_tables = {table: facts[table] for table in FACT_TABLES}
         if plan.families:
             kpi_tables.update(scored | "CxKpis" >> WindowedComponents(plan, s.generation))
         out["kpi_tables"] = kpi_tables
         if plan.fixed:
-            counts = stream["events"] | "EventCounts" >> WindowedKpi(
+            counts = events | "EventCounts" >> WindowedKpi(
                 EVENT_COUNTS_KPI, plan, s.generation)
             out["event_counts"] = counts.pop("rows")
             out["event_counts_windows"] = counts
         if plan.session_gap_s:
-            sessions = stream["events"] | "WebSessions" >> WebSessions(plan, s.generation)
+            sessions = events | "WebSessions" >> WebSessions(plan, s.generation)
             out["web_sessions"] = sessions["rows"]
             out["web_sessions_windows"] = sessions["sessions"]
         return out
@@ -332,7 +338,7 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
                 settings.kafka, settings.partition_ranges(), settings.read_batch_size)
             _ = batches | "CommitReadPositions" >> beam.ParDo(CommitReadPositionsFn(
                 settings.kafka, settings.group_id, settings.commit_interval_s))
-    out = batches | "StreamingKpis" >> StreamingKpis(settings)
+    out = batches | "StreamingKpis" >> StreamingKpis(settings, drop_erased=True)
     url = settings.warehouse_url
     if "event_counts" in out:
         _ = out["event_counts"] | "WriteEventCounts" >> UpsertPanes(
@@ -355,7 +361,7 @@ def build_streaming_pipeline(pipeline: beam.Pipeline, settings: StreamingSetting
     out["health"] = health
     if settings.identity:
         identity = out["scored"] | "StreamIdentities" >> StreamIdentities(
-            url, settings.identity_interval_s, settings.erasure_refresh_s)
+            url, settings.identity_interval_s)
         _ = identity["touchpoints"] | "WriteTouchpoints" >> UpsertPanes(
             url, CUSTOMER_TOUCHPOINTS.name, "replace")
         out["identity"] = identity

@@ -442,7 +442,7 @@ def test_dataflow_dry_run_builds_the_full_streaming_job():
                  "WriteWebEvents/Upsert",
                  "StreamingKpis/WebSessions/SessionWindows", "WriteEventCounts/Upsert",
                  "WriteWebSessions/Upsert", "WriteDeadLetters/Upsert", "DeadLettersToKafka",
-                 "CommitReadPositions", "StreamIdentities/DropErased",
+                 "CommitReadPositions", "StreamingKpis/DropErased",
                  "StreamIdentities/Stitch", "WriteTouchpoints/Upsert",
                  "StreamHealth/PerPartition", "WriteHealth/Upsert"):
         assert step in names, step
@@ -638,6 +638,48 @@ def test_streaming_stitches_identities_like_micro_batch_mode(tmp_path):
         warehouse.close()
     assert profile == [("social=1, survey=1, web=6", 6, 6, 1, 1, 1, 59.9, 9)]
     assert keys == {ti.ANNA, ti.BOB, implicit_key("ck:ck-tablet")}
+
+
+def test_streaming_drops_erased_customers_before_every_table(tmp_path):
+    """Anna was erased (`cx360 forget`) before the job started: none of her events (w1-w4,
+    w6 on the tablet with her account, p1, v1, the late w9) reaches any table; the tablet's
+    anonymous w5 and Bob's w7, w8 do, as in micro-batch mode."""
+    import test_identity as ti
+    from cx360.transforms.identity import DEMO_KEY, Pseudonymiser
+    from cx360.transforms.warehouse.spec import TABLES
+
+    path = tmp_path / "erased.duckdb"
+    pseudo = Pseudonymiser(DEMO_KEY)
+    anna = ["acct:" + ti.ANNA, "ck:ck-anna-laptop", "ck:ck-anna-phone",
+            "em:" + pseudo.email("anna.k@example.org"), "ph:" + pseudo.phone("0151 2345678"),
+            "sh:instagram:@anna_k"]
+    warehouse = open_warehouse(f"duckdb:{path}")
+    try:
+        warehouse.ensure_tables(TABLES.values())
+        warehouse.execute_transaction([
+            ("INSERT INTO erasures (identifier, customer_key, erased_at) VALUES (?, ?, ?)",
+             [i, ti.ANNA, "2026-11-20 05:00:00"]) for i in anna])
+    finally:
+        warehouse.close()
+    stream, _ = _identity_stream(Log())
+    with streaming_pipeline() as p:
+        build_streaming_pipeline(p, settings(warehouse_url=f"duckdb:{path}",
+                                             fixed_now_ms=ti.at(24 * 60)), batches=p | stream)
+    con = duckdb.connect(str(path))
+    try:
+        def q(sql):
+            return sorted(con.execute(sql).fetchall())
+
+        assert q("SELECT event_id FROM web_events") == [("w5",), ("w7",), ("w8",)]
+        assert q("SELECT event_id, identifier FROM customer_touchpoints") == [
+            ("w5", "ck:ck-tablet"), ("w7", "acct:" + ti.BOB), ("w8", "acct:" + ti.BOB)]
+        assert q("SELECT count(*) FROM inbound_posts") == [(0,)]
+        assert q("SELECT event_kind, sum(events) FROM event_counts GROUP BY 1") == [("web", 3)]
+        assert q("SELECT count(*) FROM stream_web_sessions WHERE cookie_id LIKE 'ck-anna%'") \
+            == [(0,)]
+        assert not {i for (i,) in q("SELECT identifier FROM identity_map")} & set(anna)
+    finally:
+        con.close()
 
 
 # -- pipeline health per interval and topic-partition --------------------------------------------

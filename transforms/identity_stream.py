@@ -1,8 +1,8 @@
 """Identity stitching in the production streaming job (Dataflow, Flink); pure logic in
 transforms/identity.py, the state design in docs/identity.md ("Production streaming").
 
-* :class:`DropErasedStreamFn` drops events carrying an identifier erased by ``cx360 forget``.
-  The erasure list is re-read from the warehouse every ``refresh_s`` seconds per worker (a
+* :class:`DropErasedStreamFn` drops events carrying an identifier erased by ``cx360 forget``
+  (the streaming job applies it to every event right after de-duplication). The erasure list is re-read from the warehouse every ``refresh_s`` seconds per worker (a
   streaming job never restarts, so a list read once would never learn of new erasures).
 * :func:`stream_touchpoint` turns each event into its ``customer_touchpoints`` fact (the
   same rows as micro-batch mode) with the sentiment score the KPI branch computed for it (a
@@ -76,11 +76,11 @@ class DropErasedStreamFn(beam.DoFn):
         self._erasures = _ErasureList(_warehouse(self.warehouse_url), self.refresh_s)
         self._dropped = Metrics.counter("cx360.identity", "erased_events_dropped")
 
-    def process(self, scored: tuple[dict, dict | None]) -> Iterator[tuple[dict, dict | None]]:
-        if is_erased(scored[0], self._erasures.get()):
+    def process(self, event: dict) -> Iterator[dict]:
+        if is_erased(event, self._erasures.get()):
             self._dropped.inc()
             return
-        yield scored
+        yield event
 
 
 def stream_touchpoint(scored: tuple[dict, dict | None]) -> list[dict]:
@@ -147,27 +147,24 @@ class StitchStreamFn(beam.DoFn):
 
 
 class StreamIdentities(beam.PTransform):
-    """Unique, timestamped ``(event, sentiment score)`` pairs (the KPI branch's ``scored``) ->
-    erased ones dropped; ``customer_touchpoints`` rows out (``touchpoints``) and the identity
-    tables written by the stitching step (``stitched``: (flush id, table, rows written) per
-    flush and table). ``events``: the events that were kept."""
+    """Unique, timestamped ``(event, sentiment score)`` pairs (the KPI branch's ``scored``,
+    erased customers already dropped by :class:`DropErasedStreamFn`) ->
+    ``customer_touchpoints`` rows out (``touchpoints``) and the identity tables written by the
+    stitching step (``stitched``: (flush id, table, rows written) per flush and table;
+    it also ignores links to identifiers erased meanwhile)."""
 
-    def __init__(self, warehouse_url: str, interval_s: int = 60, erasure_refresh_s: float = 60,
+    def __init__(self, warehouse_url: str, interval_s: int = 60,
                  rules: IdentityRules | None = None):
         super().__init__()
         self.warehouse_url = warehouse_url
         self.interval_s = interval_s
-        self.erasure_refresh_s = erasure_refresh_s
         self.rules = rules
 
     def expand(self, scored):
-        kept = scored | "DropErased" >> beam.ParDo(
-            DropErasedStreamFn(self.warehouse_url, self.erasure_refresh_s))
-        touchpoints = kept | "Touchpoints" >> beam.FlatMap(stream_touchpoint)
-        events = kept | "Events" >> beam.Map(lambda pair: pair[0])
-        stitched = (events
-                    | "Links" >> beam.FlatMap(lambda e: [(GRAPH_KEY, link)
-                                                         for link in event_links(e)])
+        touchpoints = scored | "Touchpoints" >> beam.FlatMap(stream_touchpoint)
+        stitched = (scored
+                    | "Links" >> beam.FlatMap(lambda pair: [(GRAPH_KEY, link)
+                                                            for link in event_links(pair[0])])
                     | "Stitch" >> beam.ParDo(StitchStreamFn(
                         self.warehouse_url, self.interval_s, self.rules)))
-        return {"events": events, "touchpoints": touchpoints, "stitched": stitched}
+        return {"touchpoints": touchpoints, "stitched": stitched}

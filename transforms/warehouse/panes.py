@@ -436,7 +436,9 @@ class UpsertPanes(beam.PTransform):
     def expand(self, rows):
         return (rows
                 | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
-                | "ByTable" >> beam.Map(_keyed, self.fn.table)
+                # A str key, so the state key coder is deterministic (Dataflow needs it).
+                | "ByTable" >> beam.Map(_keyed, self.fn.table).with_output_types(
+                    tuple[str, dict])
                 | "Batch" >> beam.GroupIntoBatches(
                     self.batch_rows, max_buffering_duration_secs=self.buffer_s)
                 | "Upsert" >> beam.ParDo(self.fn))
