@@ -209,6 +209,13 @@ def run_identity(args: argparse.Namespace) -> int:
           f"({report['correct_pairs']} of {report['true_pairs']} true pairs)")
     print(f"recall of linkable pairs    {report['recall_of_linkable']:.4f}  "
           f"({report['linkable_pairs']} true pairs connected by any chain of links)")
+    outside = report["unlinkable_events_by_identifier"]
+    if outside:
+        names = {"sh": "social handle", "ck": "cookie", "em": "e-mail", "ph": "phone",
+                 "acct": "account"}
+        print(f"unlinkable events           {sum(outside.values())} (no chain of identifiers "
+              "connects them to their customer's account), by identifier: "
+              + ", ".join(f"{names.get(k, k)} {n}" for k, n in outside.items()))
     return 0
 
 

@@ -118,6 +118,32 @@ def test_shared_device_does_not_merge_two_accounts_and_late_link_merges():
                   IdentityRules(), set(), "b2", T0)["identity_map"] == []
 
 
+def test_evaluation_scores_pairs_and_names_the_events_no_identifier_links():
+    """Carla (A-3) logs in on her phone (2 events), browses once on a laptop she never logs in
+    on and posts as @carla, a handle she never links; Dan (A-4) logs in once. Carla's 4 events
+    make 6 true pairs; only the two phone events are linked: recall 1/6, precision 1, and
+    the laptop and the handle are the unlinkable events."""
+    import types
+
+    from cx360.transforms.identity import evaluate_stitching
+
+    def record(role, customer, event):
+        return types.SimpleNamespace(role=role, event=event,
+                                     truth={"kind": "event", "customer_id": customer})
+
+    post = dict(BATCH1["social"][0], event_id="c4", author_handle="@carla")
+    records = [record("web", "carla", web("c1", 0, "login", "ck-c-phone", "s1", "A-3")),
+               record("web", "carla", web("c2", 1, "page_view", "ck-c-phone", "s1", "A-3")),
+               record("web", "carla", web("c3", 5, "page_view", "ck-c-laptop", "s2")),
+               record("social", "carla", post),
+               record("web", "dan", web("d1", 9, "login", "ck-d", "s3", "A-4"))]
+    report = evaluate_stitching(records, batches=2)
+    assert (report["true_pairs"], report["predicted_pairs"], report["correct_pairs"]) == (6, 1, 1)
+    assert report["recall"] == 1 / 6 and report["precision"] == 1.0
+    assert report["linkable_pairs"] == 1 and report["recall_of_linkable"] == 1.0
+    assert report["unlinkable_events_by_identifier"] == {"ck": 1, "sh": 1}
+
+
 def test_eval_identity_meets_precision_and_linkable_recall():
     done = cli("eval", "identity", "--events", "4000", "--seed", "11", "--json")
     assert done.returncode == 0, done.stderr

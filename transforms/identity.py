@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import re
+from collections import Counter
 from typing import Iterable, Protocol
 
 LOG = logging.getLogger(__name__)
@@ -473,8 +474,6 @@ def is_erased(event: dict, erased: set[str]) -> bool:
 def pairwise_scores(predicted: list[str], truth: list[str]) -> dict:
     """Pairwise precision and recall over items: pairs predicted in one cluster vs pairs
     truly in one cluster (counted from the contingency table, not pair by pair)."""
-    from collections import Counter
-
     def pairs(counts):
         return sum(n * (n - 1) // 2 for n in counts.values())
 
@@ -511,7 +510,7 @@ def evaluate_stitching(records, batches: int = 5, rules: IdentityRules = Identit
             oracle.add(link["id_a"])
             oracle.add(link["id_b"])
             oracle.parent[oracle.find(link["id_b"])] = oracle.find(link["id_a"])
-    predicted, true, linkable = [], [], []
+    predicted, true, linkable, kinds = [], [], [], []
     for event in events:
         customer = truth[event["event_id"]]
         identifier = primary_identifier(event)
@@ -521,10 +520,22 @@ def evaluate_stitching(records, batches: int = 5, rules: IdentityRules = Identit
         true.append(customer)
         linkable.append((customer, oracle.find(identifier) if identifier in oracle.parent
                          else identifier))
+        kinds.append(identifier.split(":", 1)[0])
     report = pairwise_scores(predicted, true)
     # The ceiling: pairs of one customer that any chain of links connects at all (no rules).
     ceiling = pairwise_scores(linkable, true)
     report["linkable_pairs"] = ceiling["correct_pairs"]
+    # Where the unlinkable pairs come from: events outside their customer's main group (the
+    # one links connect to the shop account; without an account event, the largest), by the
+    # type of their identifier (sh: a handle never linked to the account; ck: a device never
+    # logged in on; em/ph: contact data never seen with the account).
+    sizes = Counter(linkable)
+    main: dict[str, tuple] = {}
+    for group, kind in sorted(zip(linkable, kinds), key=lambda gk: (
+            gk[1] != ACCOUNT, -sizes[gk[0]], str(gk[0]))):
+        main.setdefault(group[0], group)
+    outside = Counter(kind for group, kind in zip(linkable, kinds) if group != main[group[0]])
+    report["unlinkable_events_by_identifier"] = dict(sorted(outside.items()))
     report["recall_of_linkable"] = (report["correct_pairs"] / ceiling["correct_pairs"]
                                     if ceiling["correct_pairs"] else 1.0)
     report.update(events=len(events), batches=batches,
