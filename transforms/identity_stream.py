@@ -2,8 +2,9 @@
 transforms/identity.py, the state design in docs/identity.md ("Production streaming").
 
 * :class:`DropErasedStreamFn` drops events carrying an identifier erased by ``cx360 forget``
-  (the streaming job applies it to every event right after de-duplication). The erasure list is re-read from the warehouse every ``refresh_s`` seconds per worker (a
-  streaming job never restarts, so a list read once would never learn of new erasures).
+  (the streaming job applies it to every event right after de-duplication). The erasure
+  list is re-read from the warehouse every ``refresh_s`` seconds per worker (a streaming job
+  never restarts, so a list read once would never learn of new erasures).
 * :func:`stream_touchpoint` turns each event into its ``customer_touchpoints`` fact (the
   same rows as micro-batch mode) with the sentiment score the KPI branch computed for it (a
   text is scored once per job), written by the replace-upsert sink: keyed by event id and

@@ -2,9 +2,9 @@
 
 Each rule raises :class:`~cx360.schemas.codec.DecodeError` with the dead-letter reason
 ``missing_field`` (a required value that is empty), ``invalid_value`` (outside its domain,
-e.g. NPS 11, a negative order value, an unknown event type, a text holding a NUL character) or ``future_timestamp`` (stamped
-further ahead than the allowed clock skew: accepting it would push the watermark ahead and
-make every later event look late).
+e.g. NPS 11, a negative order value, an unknown event type, a text holding a NUL character)
+or ``future_timestamp`` (stamped further ahead than the allowed clock skew: accepting it
+would push the watermark ahead and make every later event look late).
 """
 from __future__ import annotations
 

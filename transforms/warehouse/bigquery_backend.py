@@ -176,10 +176,10 @@ class RejectedRowsError(WarehouseError):
 def rejected_to_dead_letters(rejected: Iterable[RejectedRow], batch_id: str | None,
                              failed_at_ms: int) -> list[dict]:
     """``dead_letters`` rows (spec DEAD_LETTERS) for rows the warehouse refused: stage 'write',
-    reason ``warehouse_rejected``, detail = ``BigQuery <its reason>: <its message>``, value = the
-    row as JSON. A row
-    that came from no Kafka record has topic ``warehouse:<table>`` and partition/offset -1; the id
-    is ``write/<table>/<insertId>`` so a re-run replaces rather than duplicates it."""
+    reason ``warehouse_rejected``, detail = ``BigQuery <its reason>: <its message>``, value =
+    the row as JSON. A row that came from no Kafka record has topic ``warehouse:<table>`` and
+    partition/offset -1; the id is ``write/<table>/<insertId>`` so a re-run replaces rather
+    than duplicates it."""
     out = []
     for r in rejected:
         out.append({
