@@ -74,7 +74,8 @@ def render() -> str:
         "missing_field": "a required field is missing (JSON) or empty",
         "invalid_value": "a value outside its domain: NPS 11, negative order value, "
                          "unknown event type, a reply not by a brand account, a string holding a "
-                         "NUL character (U+0000: PostgreSQL cannot store it), ...",
+                         "NUL (PostgreSQL cannot store it) or a lone surrogate (JSON "
+                         "`\\ud83d` alone: not Unicode text), ...",
         "future_timestamp": "event_time further ahead than the allowed clock skew "
                             "(`--max-future`, default 15 min)",
         "too_late": "streaming mode: later than the allowed lateness of its window",

@@ -55,6 +55,7 @@ def test_survey_scales(kind, score, ok):
     ("social", social(text="bad\x00"), "invalid_value"),              # PostgreSQL cannot store it
     ("social", social(hashtags=["ok", "b\x00d"]), "invalid_value"),
     ("web", web(page_url="/p\x00"), "invalid_value"),
+    ("survey", survey(comment="gut \ud83d"), "invalid_value"),  # half an emoji: no UTF-8
 ])
 def test_reasons(role, record, reason):
     with pytest.raises(DecodeError) as err:
@@ -69,5 +70,12 @@ def test_allowed_clock_skew_is_configurable():
         validate_event("survey", record, NOW, max_future_ms=5 * 60_000)
 
 
-def test_other_control_characters_are_text():
-    validate_event("social", social(text="tab\there\nline\x01", hashtags=["a"]), NOW)
+def test_other_control_characters_and_whole_emoji_are_text():
+    validate_event("social", social(text="tab\there\nline\x01 \U0001F600", hashtags=["a"]),
+                   NOW)
+
+
+def test_the_reason_names_the_field_and_the_character():
+    with pytest.raises(DecodeError) as err:
+        validate_event("survey", survey(comment="gut \ud83d"), NOW)
+    assert err.value.detail == "comment contains a lone surrogate (U+D83D), not Unicode text"

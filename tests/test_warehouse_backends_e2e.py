@@ -82,16 +82,16 @@ def run_once(broker, topics, url, group, *extra):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-#: Valid in Avro and JSON, but PostgreSQL TEXT cannot hold U+0000: these must be dead letters,
-#: not a batch that fails on every retry.
-NUL_EVENTS = 3
+#: Valid in Avro and JSON, but no warehouse can store U+0000 (PostgreSQL) or a lone surrogate
+#: (none): these must be dead letters, not a batch that fails on every retry.
+UNSTORABLE_EVENTS = 5
 
 
-def nul_records(records):
+def unstorable_records(records):
     """A generated customer post re-sent as Avro with NULs in its author's handle, a survey
     re-sent as JSON with one in its touchpoint (both are stored in every backend), and one with
     a NUL in a score of the wrong type (the decoder's message quotes it); new event ids, so
-    none is a duplicate."""
+    none is a duplicate; and the same two survey cases with a lone surrogate."""
     post = next(r.event for r in records if r.role == "social" and r.event
                 and r.event["event_type"] == "post" and not r.event["author_is_brand"])
     survey = next(r.event for r in records if r.role == "survey" and r.event)
@@ -102,13 +102,18 @@ def nul_records(records):
                                              touchpoint="deliv\x00ery")).encode())
     wrong = (b"nul-score", json.dumps(dict(survey, event_id="nul-score",
                                            score="ze\x00ro")).encode())
-    return social, answer, wrong
+    # JSON's escape "\ud83d" alone: half of an emoji's surrogate pair
+    half = (b"half-emoji", json.dumps(dict(survey, event_id="half-emoji",
+                                           comment="super \ud83d")).encode())
+    half_wrong = (b"half-score", json.dumps(dict(survey, event_id="half-score",
+                                                 score="\ud83d")).encode())
+    return social, answer, wrong, half, half_wrong
 
 
 @pytest.fixture(scope="module")
 def stream(broker):
-    """~400 generated events (with malformed, duplicate and late ones) and NUL_EVENTS events
-    with a NUL character in fresh topics."""
+    """~400 generated events (with malformed, duplicate and late ones) and UNSTORABLE_EVENTS
+    events with characters no warehouse stores, in fresh topics."""
     from cx360.pipelines.topics_cmd import create_topics
     from cx360.transforms.kafka_io import KafkaConfig
 
@@ -120,7 +125,7 @@ def stream(broker):
     records = list(generate(GeneratorConfig(seed=11, events=400, start_ms=start,
                                             duration_s=8 * HOUR, malformed=0.02,
                                             duplicates=0.02, late=0.05, now_ms=now)))
-    social_nul, *survey_nul = nul_records(records)
+    social_nul, *survey_nul = unstorable_records(records)
     extra = {"social": [social_nul], "survey": survey_nul, "web": []}
     for role in ("social", "web", "survey"):
         produce(kafka, topics[role],
@@ -156,19 +161,25 @@ def test_every_backend_reads_counts_and_writes_the_same_as_duckdb(runs, other):
     assert got["topics"] == ref["topics"]
     assert got["rows_written"] == ref["rows_written"]
     assert got["rows_rejected"] == {}
-    assert sum(v["read"] for v in ref["topics"].values()) == 400 + NUL_EVENTS
+    assert sum(v["read"] for v in ref["topics"].values()) == 400 + UNSTORABLE_EVENTS
 
 
 @pytest.mark.parametrize("backend", ["duckdb", "postgres", "bigquery"])
-def test_a_nul_character_makes_a_dead_letter_not_a_failed_batch(runs, backend):
+def test_unstorable_characters_make_dead_letters_not_a_failed_batch(runs, backend):
     with open_warehouse(runs[backend][0], read_only=True) as wh:
         rows = wh.query("SELECT stage, reason, detail FROM dead_letters "
                         "WHERE detail LIKE '%NUL character%' OR detail LIKE '%<ze%ro>%' "
+                        "OR detail LIKE '%surrogate%' OR detail LIKE '%ud83d>%' "
                         "ORDER BY detail")
-        stored = wh.query("SELECT count(*) FROM customer_touchpoints "
-                          "WHERE event_id IN ('nul-post', 'nul-survey')")
+        stored = wh.query("SELECT count(*) FROM customer_touchpoints WHERE event_id IN "
+                          "('nul-post', 'nul-survey', 'half-emoji')")
     assert rows == [
         ("validate", "invalid_value", "author_handle contains a NUL character (U+0000)"),
+        ("validate", "invalid_value",
+         "comment contains a lone surrogate (U+D83D), not Unicode text"),
+        # ... and as the six characters \ud83d
+        ("decode", "schema_violation", "cx360.events.SurveyEvent.score is <\\ud83d> of type "
+                                       "<class 'str'> expected int"),
         # the detail shows the NUL as the four characters \x00
         ("decode", "schema_violation", "cx360.events.SurveyEvent.score is <ze\\x00ro> of type "
                                        "<class 'str'> expected int"),

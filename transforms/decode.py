@@ -44,9 +44,9 @@ REASONS = {
 def dead_letter(record: KafkaRecord, reason: str, detail: str, stage: str | None = None,
                 schema_id: int | None = None, batch_id: str | None = None,
                 failed_at_ms: int | None = None) -> dict:
-    """A dead-letter row (fields of the DeadLetter Avro schema). A NUL character in ``detail``
-    (a decoder message can quote the bad value) is written as the four characters ``\\x00``:
-    PostgreSQL TEXT cannot store it."""
+    """A dead-letter row (fields of the DeadLetter Avro schema). A decoder message can quote
+    the bad value, so ``detail`` writes a NUL as the four characters ``\\x00`` (PostgreSQL
+    TEXT cannot store it) and a lone surrogate as ``\\udXXX`` (no UTF-8 for it)."""
     return {
         "dead_letter_id": f"{record.topic}/{record.partition}/{record.offset}",
         "topic": record.topic,
@@ -57,7 +57,8 @@ def dead_letter(record: KafkaRecord, reason: str, detail: str, stage: str | None
         "value": record.value,
         "stage": stage or REASONS.get(reason, "decode").split("|")[-1],
         "reason": reason,
-        "detail": detail.replace("\x00", "\\x00"),
+        "detail": detail.replace("\x00", "\\x00").encode(
+            "utf-8", "backslashreplace").decode("utf-8"),
         "schema_id": schema_id,
         "batch_id": batch_id,
         "failed_at": failed_at_ms if failed_at_ms is not None else int(time.time() * 1000),

@@ -2,11 +2,13 @@
 
 Each rule raises :class:`~cx360.schemas.codec.DecodeError` with the dead-letter reason
 ``missing_field`` (a required value that is empty), ``invalid_value`` (outside its domain,
-e.g. NPS 11, a negative order value, an unknown event type, a text holding a NUL character)
+e.g. NPS 11, a negative order value, an unknown event type, a NUL or a lone surrogate)
 or ``future_timestamp`` (stamped further ahead than the allowed clock skew: accepting it
 would push the watermark ahead and make every later event look late).
 """
 from __future__ import annotations
+
+import re
 
 from cx360.schemas.codec import DecodeError
 
@@ -94,21 +96,27 @@ def validate_survey(record: dict, now_ms: int, max_future_ms: int = DEFAULT_MAX_
 VALIDATORS = {"social": validate_social, "web": validate_web, "survey": validate_survey}
 
 
-def _no_nul(record: dict) -> None:
-    """U+0000 is valid in Avro and JSON strings but PostgreSQL TEXT cannot store it: one such
-    event would fail every write of its batch, again on every retry. No social, web or survey
-    field means anything by it, so the event is a dead letter (its bytes kept for replay)."""
+#: Characters no warehouse can store: NUL (PostgreSQL TEXT cannot hold it) and lone UTF-16
+#: surrogates (not encodable as UTF-8 at all; a JSON escape such as "\\ud800" makes one).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable_text(record: dict) -> None:
+    """Both kinds of character are valid in a decoded event, but one such event would fail
+    every write of its batch, again on every retry. No social, web or survey field means
+    anything by them, so the event is a dead letter (its bytes kept for replay)."""
     for name, value in record.items():
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise DecodeError("invalid_value", f"{name} contains a NUL character (U+0000)")
-        elif isinstance(value, list) and any("\x00" in item for item in value
-                                             if isinstance(item, str)):
-            raise DecodeError("invalid_value", f"{name} contains a NUL character (U+0000)")
+        for item in value if isinstance(value, list) else (value,):
+            found = UNSTORABLE.search(item) if isinstance(item, str) else None
+            if found:
+                char = found.group()
+                what = ("a NUL character (U+0000)" if char == "\x00"
+                        else f"a lone surrogate (U+{ord(char):04X}), not Unicode text")
+                raise DecodeError("invalid_value", f"{name} contains {what}")
 
 
 def validate_event(role: str, record: dict, now_ms: int,
                    max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> None:
     """Raise DecodeError if ``record`` (a decoded ``role`` event) is not acceptable."""
     VALIDATORS[role](record, now_ms, max_future_ms)
-    _no_nul(record)
+    _storable_text(record)
