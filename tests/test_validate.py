@@ -47,6 +47,8 @@ def test_survey_scales(kind, score, ok):
     ("survey", survey(event_time=5), "invalid_value"),
     ("web", web(event_type="order", order_id="o1"), "missing_field"),
     ("web", web(event_type="order", order_id="o1", order_value=-3.0), "invalid_value"),
+    ("web", web(event_type="order", order_id="o1", order_value=float("inf")), "invalid_value"),
+    ("web", web(event_type="order", order_id="o1", order_value=float("nan")), "invalid_value"),
     ("web", web(event_type="login"), "missing_field"),
     ("web", web(event_type="teleport"), "invalid_value"),
     ("social", social(event_type="reply", parent_post_id="p0"), "invalid_value"),

@@ -8,6 +8,7 @@ would push the watermark ahead and make every later event look late).
 """
 from __future__ import annotations
 
+import math
 import re
 
 from cx360.schemas.codec import DecodeError
@@ -70,8 +71,8 @@ def validate_web(record: dict, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUT
         _required(record, "order_id")
         if record.get("order_value") is None:
             raise DecodeError("missing_field", "an order needs order_value")
-        if record["order_value"] != record["order_value"]:  # NaN
-            raise DecodeError("invalid_value", "order_value is NaN")
+        if not math.isfinite(record["order_value"]):  # JSON accepts NaN and Infinity
+            raise DecodeError("invalid_value", f"order_value is {record['order_value']}")
     if event_type == "login":
         _required(record, "account_id")
     if event_type == "account_link":
