@@ -72,7 +72,7 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
     Backend-neutral (DuckDB, PostgreSQL, BigQuery): look-ups go through ``select_where_in``
     and plain SQL, the deletions and the erasure records through ONE
     ``Warehouse.execute_transaction``, so a failure erases nothing."""
-    from cx360.transforms.identity import ACCOUNT, ANONYMOUS_KEY, HANDLE, implicit_key
+    from cx360.transforms.identity import ACCOUNT, ANONYMOUS_KEY, COOKIE, HANDLE, implicit_key
     from cx360.transforms.warehouse.spec import TABLES
 
     warehouse.ensure_tables(TABLES.values())
@@ -97,8 +97,8 @@ def forget(warehouse, raw: str, now_ms: int | None = None) -> dict:
     identifiers |= {r[0] for r in warehouse.select_where_in(
         "customer_touchpoints", "identifier", accounts_as_keys, ("DISTINCT identifier",))}
     ids = sorted(identifiers)
-    accounts = [i.split(":", 1)[1] for i in ids if i.startswith("acct:")]
-    cookies = [i.split(":", 1)[1] for i in ids if i.startswith("ck:")]
+    accounts = [i.split(":", 1)[1] for i in ids if i.startswith(f"{ACCOUNT}:")]
+    cookies = [i.split(":", 1)[1] for i in ids if i.startswith(f"{COOKIE}:")]
     handles = [i.split(":", 2)[2] for i in ids if i.startswith(f"{HANDLE}:")]
     key_list = sorted(keys)
 
@@ -165,8 +165,9 @@ def _dead_letter_statements(warehouse, raw_ids: list[str]) -> list[tuple[str, st
         parts = [warehouse.bytes_contain(column, n) for n in needles]
         return " OR ".join(sql for sql, _ in parts), [p for _, params in parts for p in params]
 
-    detail_sql, detail_params = in_text("detail")
-    where = [in_bytes("key"), in_bytes("value"), in_text("value_redacted"), in_text("detail")]
+    in_detail = in_text("detail")
+    detail_sql, detail_params = in_detail
+    where = [in_bytes("key"), in_bytes("value"), in_text("value_redacted"), in_detail]
     sql = ("UPDATE dead_letters SET key = NULL, value = NULL, value_redacted = NULL, "
            "key_sha256 = NULL, value_sha256 = NULL, "
            f"detail = CASE WHEN {detail_sql} THEN ? ELSE detail END WHERE "
